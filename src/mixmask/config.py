@@ -1,0 +1,480 @@
+"""Typed configuration: dataclasses with defaults, YAML files, ``key.sub=value`` overrides, validation.
+
+A config is built in this order: the dataclass defaults, then the YAML file (which may name a ``base:`` file it
+extends), then command-line overrides. Dicts merge key by key; lists are replaced whole. The merged dict is then
+converted field by field into the dataclasses below, and every check runs before any compute: an unknown key, a
+wrong type or an impossible value raises ``ConfigError`` naming the field, the bad value and what would be accepted.
+
+    cfg = load_config("configs/pretrain/a2mim_tiny_shapesx.yaml", ["optim.lr=3e-4", "masking.strategies.0.ratio=0.8"])
+    save_config(cfg, run_dir / "config.yaml")   # the fully resolved config, reloadable as is
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the field, the value and what is accepted."""
+
+
+def _require(ok: bool, where: str, value: Any, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field `{where}`: got {value!r}; expected {accepted}")
+
+
+# --------------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ShapesXConfig:
+    """Sizes of the embedded ShapesX benchmark's splits (None: the split's default length)."""
+
+    train: int = 10000
+    val: int = 2000
+    test: int | None = None
+    cue_conflict: int | None = None
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        for name in ("train", "val", "test", "cue_conflict"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"{where}.{name}", value, "a number of images >= 1, or null")
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are cropped.
+
+    ``dataset: folder`` reads ``root/<train_dir>/<class>/*`` and ``root/<val_dir>/<class>/*`` (ImageNet, the
+    ImageNet-100 folder that ``mixmask data imagenet100`` builds, any class-folder data). fashion_mnist, cifar10 and
+    cifar100 read the usual on-disk files under ``root`` and never download.
+    """
+
+    dataset: Literal["shapesx", "folder", "fashion_mnist", "cifar10", "cifar100"] = "shapesx"
+    root: str = ""
+    train_dir: str = "train"
+    val_dir: str = "val"
+    image_size: int = 64
+    pretrain_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])  # A2MIM's RandomResizedCrop scale
+    finetune_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_pct: float = 0.875  # evaluation: resize to image_size / crop_pct, then centre crop
+    hflip: bool = True
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    num_workers: int | Literal["auto"] = "auto"
+    strict: bool = False  # true: an unreadable image stops the run (default: skipped, counted, reported)
+    shapesx: ShapesXConfig = field(default_factory=ShapesXConfig)
+
+    def check(self, where: str) -> None:
+        _require(
+            self.dataset == "shapesx" or bool(self.root),
+            f"{where}.root",
+            self.root,
+            f"a data folder (data.dataset={self.dataset} reads its images from data.root)",
+        )
+        _require(32 <= self.image_size <= 1024, f"{where}.image_size", self.image_size, "an integer in 32..1024")
+        if self.dataset == "shapesx":
+            _require(
+                self.image_size <= 224, f"{where}.image_size", self.image_size, "at most 224 for ShapesX"
+            )
+        for name in ("pretrain_scale", "finetune_scale"):
+            scale = getattr(self, name)
+            _require(
+                len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+                f"{where}.{name}",
+                scale,
+                "[min, max] with 0 < min <= max <= 1",
+            )
+        _require(0 < self.crop_pct <= 1, f"{where}.crop_pct", self.crop_pct, "a number in (0, 1]")
+        _require(len(self.mean) == 3, f"{where}.mean", self.mean, "three numbers, one per RGB channel")
+        _require(
+            len(self.std) == 3 and min(self.std) > 0, f"{where}.std", self.std, "three positive numbers"
+        )
+        _require(
+            self.num_workers == "auto" or self.num_workers >= 0,
+            f"{where}.num_workers",
+            self.num_workers,
+            "'auto' or an integer >= 0",
+        )
+        self.shapesx.check(f"{where}.shapesx")
+
+
+@dataclass
+class ModelConfig:
+    """The backbone (a timm CNN name or a preset: resnet50, resnet18, resnet10t, resnet_tiny) and the MIM head."""
+
+    method: Literal["a2mim"] = "a2mim"
+    backbone: str = "resnet_tiny"
+    token_mode: Literal["add", "replace"] = "add"  # add: A2MIM, z + T * D(M); replace: SimMIM
+    token_gamma_init: float = 0.0  # > 0: the official "init" variant's learnable gamma on masked features
+    decoder: Literal["pixel_shuffle", "conv"] = "pixel_shuffle"
+
+    def check(self, where: str) -> None:
+        _require(bool(self.backbone), f"{where}.backbone", self.backbone, "a timm model name or a preset")
+        _require(self.token_gamma_init >= 0, f"{where}.token_gamma_init", self.token_gamma_init, "a number >= 0")
+
+
+@dataclass
+class MaskStrategyConfig:
+    """One masking strategy: square patches of ``patch_size`` pixels, ``ceil(ratio * n_patches)`` of them masked."""
+
+    patch_size: int = 32
+    ratio: float = 0.6
+    stage: int | Literal["auto"] = "auto"  # where the mask token enters; auto: deepest stage whose stride divides patch
+    weight: float = 1.0  # relative probability of this strategy under mixed masking
+    kind: Literal["random", "blockwise"] = "random"
+
+    def check(self, where: str) -> None:
+        _require(self.patch_size >= 1, f"{where}.patch_size", self.patch_size, "an integer >= 1 (pixels)")
+        _require(0 < self.ratio < 1, f"{where}.ratio", self.ratio, "a fraction in (0, 1)")
+        _require(
+            self.stage == "auto" or 0 <= self.stage <= 4, f"{where}.stage", self.stage, "'auto' or a stage 0..4"
+        )
+        _require(self.weight > 0, f"{where}.weight", self.weight, "a positive number")
+
+
+@dataclass
+class MaskingConfig:
+    """How images are masked: one strategy, or several mixed per batch (the Mix-and-Mask paper) or per sample."""
+
+    strategies: list[MaskStrategyConfig] = field(default_factory=lambda: [MaskStrategyConfig()])
+    mix: Literal["per_batch", "per_sample"] = "per_batch"
+    max_stage: int = 3
+    downsample: Literal["exact", "area"] = "exact"  # area: any patch/stage pairing, cell masked if >= half masked
+    fill: Literal["mean", "zero", "none"] = "mean"  # what masked input pixels become
+
+    def check(self, where: str) -> None:
+        _require(len(self.strategies) >= 1, f"{where}.strategies", self.strategies, "at least one strategy")
+        for i, strategy in enumerate(self.strategies):
+            strategy.check(f"{where}.strategies[{i}]")
+        _require(0 <= self.max_stage <= 4, f"{where}.max_stage", self.max_stage, "a stage 0..4")
+
+
+@dataclass
+class LossConfig:
+    """``L = L_spa + freq_weight * L_freq``: masked spatial loss plus the focal frequency loss."""
+
+    spatial: Literal["l1", "focal_l1", "l2"] = "focal_l1"  # focal_l1: the official ResNet-50 setting
+    focal_alpha: float = 0.2
+    focal_gamma: float = 1.0
+    freq_weight: float = 0.5  # lambda; 0 turns the frequency loss off
+    freq_alpha: float = 1.0
+    freq_unmasked: Literal["prediction", "mixed", "target"] = "mixed"  # what unmasked pixels show before the FFT
+    freq_unmasked_weight: float = 1e-3
+
+    def check(self, where: str) -> None:
+        _require(self.freq_weight >= 0, f"{where}.freq_weight", self.freq_weight, "a number >= 0")
+        _require(self.freq_alpha > 0, f"{where}.freq_alpha", self.freq_alpha, "a positive number")
+        _require(
+            0 <= self.freq_unmasked_weight <= 1,
+            f"{where}.freq_unmasked_weight",
+            self.freq_unmasked_weight,
+            "a number in [0, 1]",
+        )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with per-iteration linear warmup then cosine decay to ``min_lr``."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    scale_lr: bool = False  # true: lr * total_batch / lr_base_batch
+    lr_base_batch: int = 512
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-5
+    clip_grad: float = 0.0  # max gradient norm; 0 = no clipping
+    token_lr_scale: float = 0.1  # mask tokens learn at 0.1 x lr, as in the official code
+
+    def check(self, where: str) -> None:
+        _require(self.lr > 0, f"{where}.lr", self.lr, "a positive learning rate")
+        _require(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "a number >= 0")
+        _require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"{where}.betas",
+            self.betas,
+            "two numbers in [0, 1)",
+        )
+        _require(self.eps > 0, f"{where}.eps", self.eps, "a positive number")
+        _require(self.lr_base_batch >= 1, f"{where}.lr_base_batch", self.lr_base_batch, "an integer >= 1")
+        _require(self.warmup_epochs >= 0, f"{where}.warmup_epochs", self.warmup_epochs, "a number >= 0")
+        _require(
+            0 <= self.min_lr <= self.lr, f"{where}.min_lr", self.min_lr, f"a number in [0, lr={self.lr}]"
+        )
+        _require(self.clip_grad >= 0, f"{where}.clip_grad", self.clip_grad, "a number >= 0 (0: off)")
+        _require(self.token_lr_scale > 0, f"{where}.token_lr_scale", self.token_lr_scale, "a positive number")
+
+
+@dataclass
+class TrainConfig:
+    """The run: length, batch, seed, device and precision, checkpoints, logs, where the run folder goes."""
+
+    epochs: int = 20
+    batch_size: int = 64  # per process
+    accum_steps: int = 1
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: Literal["auto"] | bool = "auto"
+    compile: bool = False
+    checkpoint_every_steps: int = 0  # 0: a checkpoint at the end of every epoch only
+    log_every_steps: int = 10
+    reconstruction_every_epochs: int = 5
+    out_dir: str = "runs"
+    name: str = ""  # run folder name; empty: derived from the config and the time
+
+    def check(self, where: str) -> None:
+        for name in ("epochs", "batch_size", "accum_steps", "log_every_steps"):
+            value = getattr(self, name)
+            _require(value >= 1, f"{where}.{name}", value, "an integer >= 1")
+        for name in ("checkpoint_every_steps", "reconstruction_every_epochs"):
+            value = getattr(self, name)
+            _require(value >= 0, f"{where}.{name}", value, "an integer >= 0 (0: off)")
+        _require(bool(self.out_dir), f"{where}.out_dir", self.out_dir, "a folder for run folders")
+        _require("/" not in self.name, f"{where}.name", self.name, "a folder name without '/'")
+
+
+@dataclass
+class EvalConfig:
+    """Which evaluations run after finetuning; each is optional and saved with its settings in results.json."""
+
+    batch_size: int = 256
+    topk: list[int] = field(default_factory=lambda: [1, 5])
+    imagenet_x: bool = True
+    which_factor: Literal["top", "multi"] = "top"
+    filter_prototypes: bool = True
+    occlusion: bool = True
+    occlusion_ratios: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(10)])
+    occlusion_patch: int = 16  # pixels at 224 px, scaled with the input size
+    occlusion_fill: Literal["zero", "mean"] = "zero"
+    cka: bool = True
+    cka_debiased: bool = False
+    shape_bias: bool = True
+    reconstruction: bool = True
+
+    def check(self, where: str) -> None:
+        _require(self.batch_size >= 1, f"{where}.batch_size", self.batch_size, "an integer >= 1")
+        _require(
+            len(self.topk) >= 1 and all(k >= 1 for k in self.topk), f"{where}.topk", self.topk, "integers >= 1"
+        )
+        _require(
+            all(0 <= r < 1 for r in self.occlusion_ratios),
+            f"{where}.occlusion_ratios",
+            self.occlusion_ratios,
+            "fractions in [0, 1)",
+        )
+        _require(self.occlusion_patch >= 1, f"{where}.occlusion_patch", self.occlusion_patch, "an integer >= 1")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self) -> None:
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).check(section.name)
+        # Rules across sections. (The patch/stage stride rule needs the backbone's strides: the model checks it.)
+        size = self.data.image_size
+        for i, strategy in enumerate(self.masking.strategies):
+            _require(
+                size % strategy.patch_size == 0,
+                f"masking.strategies[{i}].patch_size",
+                strategy.patch_size,
+                f"a divisor of data.image_size={size} (e.g. {', '.join(map(str, _divisors(size)))})",
+            )
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(2, n) if n % d == 0][:8]
+
+
+# --------------------------------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of ({_type_name(typing.get_args(tp)[0])})"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {tp.__name__} fields"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field `{where}`: got {value!r}; expected {_type_name(tp)}")
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _convert(option, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config field `{where}`: got {value!r}; expected {_type_name(tp)}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is not bool:
+            return value
+        raise ConfigError(f"config field `{where}`: got {value!r}; expected one of {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config field `{where}`: got {value!r}; expected {_type_name(tp)}")
+        (item_type,) = typing.get_args(tp)
+        return [_convert(item_type, item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"config field `{where}`: got {value!r}; expected {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            path = f"{where}.{key}" if where else str(key)
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise ConfigError(f"unknown config field `{path}`{hint} (known here: {', '.join(names)})")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    """Build and validate a Config from a (possibly partial) nested dict."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    cfg = _build(Config, data, "")
+    cfg.check()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------------- files
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a config file, following ``base: other.yaml`` (relative to the file) into one merged dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {path} includes itself through `base:`")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _merge(read_yaml(path.parent / base, (*_seen, path.resolve())), data)
+    return data
+
+
+def apply_override(data: dict, override: str) -> dict:
+    """Apply one ``key.sub=value`` override; the value is read as YAML (``0.5``, ``true``, ``[4, 32]``...)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not of the form key.sub=value")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    data = copy.deepcopy(data)
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        node = node[_list_index(node, part, key)] if isinstance(node, list) else node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"override {override!r}: `{where}` is a value, not a section")
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], key)] = value
+    else:
+        node[parts[-1]] = value
+    return data
+
+
+def _list_index(items: list, part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"override for `{where}`: {part!r} is not an index of a list of {len(items)} entries")
+    return int(part)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then overrides; validated before it is returned."""
+    data = to_dict(Config())
+    if path is not None:
+        data = _merge(data, read_yaml(path))
+    for override in overrides:
+        data = apply_override(data, override)
+    return from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the fully resolved config atomically; ``load_config(path)`` gives it back."""
+    from mixmask import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"# resolved by mixmask {__version__}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return path

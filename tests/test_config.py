@@ -1,0 +1,98 @@
+import pytest
+import yaml
+
+from mixmask.config import Config, ConfigError, apply_override, load_config, save_config, to_dict
+
+
+def error_of(overrides, path=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value)
+
+
+def test_defaults_are_valid_and_typed():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.optim.lr == 1e-3 and cfg.masking.strategies[0].patch_size == 32
+    assert cfg.data.dataset == "shapesx"
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  lr: 1e-4\ntrain:\n  epochs: 3\n")  # PyYAML reads 1e-4 as a string: still a number
+    cfg = load_config(path, ["train.epochs=5", "masking.strategies.0.ratio=0.8", "train.channels_last=false"])
+    assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.train.epochs == 5
+    assert cfg.masking.strategies[0].ratio == 0.8
+    assert cfg.train.channels_last is False
+
+
+def test_list_of_strategies_from_override_gets_defaults():
+    cfg = load_config(None, ["masking.strategies=[{patch_size: 4, ratio: 0.6}, {patch_size: 16, weight: 3}]"])
+    first, second = cfg.masking.strategies
+    assert (first.patch_size, first.ratio, first.stage) == (4, 0.6, "auto")
+    assert (second.patch_size, second.ratio, second.weight) == (16, 0.6, 3.0)
+
+
+def test_base_file_is_extended(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 7\n  batch_size: 8\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain:\n  batch_size: 16\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.train.epochs, cfg.train.batch_size) == (7, 16)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    assert "includes itself" in error_of([], tmp_path / "loop.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["masking.strategies=[{patch_size: 4}, {patch_size: 16, stage: 2}]", "optim.lr=3e-4"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(path) == cfg
+    assert yaml.safe_load(path.read_text())["optim"]["lr"] == 3e-4
+    assert not [p for p in path.parent.iterdir() if p.name != "config.yaml"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("optim.lrr=0.1", ["optim.lrr", "did you mean `lr`"]),
+        ("trian.epochs=2", ["`trian`", "did you mean `train`"]),
+        ("optim.lr=fast", ["optim.lr", "'fast'", "a number"]),
+        ("optim.lr=-1", ["optim.lr", "-1", "positive"]),
+        ("train.epochs=2.5", ["train.epochs", "2.5", "an integer"]),
+        ("train.epochs=true", ["train.epochs", "True", "an integer"]),
+        ("train.device=gpu", ["train.device", "'gpu'", "'auto', 'cpu', 'cuda'"]),
+        ("masking.strategies.0.ratio=1.5", ["masking.strategies[0].ratio", "1.5", "(0, 1)"]),
+        ("masking.strategies.0.stage=7", ["masking.strategies[0].stage", "7", "'auto' or a stage 0..4"]),
+        ("masking.strategies.0.patch_size=24", ["masking.strategies[0].patch_size", "24", "divisor of"]),
+        ("masking.strategies.2.ratio=0.5", ["masking.strategies.2.ratio", "list of 1"]),
+        ("masking.strategies=[]", ["masking.strategies", "at least one"]),
+        ("optim.lr.x=1", ["`optim.lr` is a value"]),
+        ("data.dataset=folder", ["data.root", "data.dataset=folder"]),
+        ("data.dataset=imagenet", ["data.dataset", "'shapesx', 'folder'"]),
+        ("data.pretrain_scale=[0.9, 0.2]", ["data.pretrain_scale", "0 < min <= max <= 1"]),
+        ("optim.min_lr=0.1", ["optim.min_lr", "lr=0.001"]),
+        ("data.num_workers=many", ["data.num_workers", "an integer or 'auto'"]),
+        ("eval.occlusion_ratios=[0.5, 1.2]", ["eval.occlusion_ratios", "[0, 1)"]),
+        ("noequals", ["key.sub=value"]),
+    ],
+)
+def test_errors_name_field_value_and_accepted(override, fragments):
+    message = error_of([override])
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_bad_files(tmp_path):
+    assert "not found" in error_of([], tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    assert "mapping" in error_of([], tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("train: [1, 2\n")
+    assert "not valid YAML" in error_of([], tmp_path / "broken.yaml")
+    (tmp_path / "unknown.yaml").write_text("model:\n  backbone: resnet18\n  depth: 3\n")
+    assert "model.depth" in error_of([], tmp_path / "unknown.yaml")
+
+
+def test_override_does_not_mutate_input():
+    data = to_dict(Config())
+    apply_override(data, "train.epochs=1")
+    assert data["train"]["epochs"] == 20
