@@ -89,9 +89,7 @@ class DataConfig:
         )
         _require(32 <= self.image_size <= 1024, f"{where}.image_size", self.image_size, "an integer in 32..1024")
         if self.dataset == "shapesx":
-            _require(
-                self.image_size <= 224, f"{where}.image_size", self.image_size, "at most 224 for ShapesX"
-            )
+            _require(self.image_size <= 224, f"{where}.image_size", self.image_size, "at most 224 for ShapesX")
         for name in ("pretrain_scale", "finetune_scale"):
             scale = getattr(self, name)
             _require(
@@ -102,9 +100,7 @@ class DataConfig:
             )
         _require(0 < self.crop_pct <= 1, f"{where}.crop_pct", self.crop_pct, "a number in (0, 1]")
         _require(len(self.mean) == 3, f"{where}.mean", self.mean, "three numbers, one per RGB channel")
-        _require(
-            len(self.std) == 3 and min(self.std) > 0, f"{where}.std", self.std, "three positive numbers"
-        )
+        _require(len(self.std) == 3 and min(self.std) > 0, f"{where}.std", self.std, "three positive numbers")
         _require(
             self.num_workers == "auto" or self.num_workers >= 0,
             f"{where}.num_workers",
@@ -142,9 +138,7 @@ class MaskStrategyConfig:
     def check(self, where: str) -> None:
         _require(self.patch_size >= 1, f"{where}.patch_size", self.patch_size, "an integer >= 1 (pixels)")
         _require(0 < self.ratio < 1, f"{where}.ratio", self.ratio, "a fraction in (0, 1)")
-        _require(
-            self.stage == "auto" or 0 <= self.stage <= 4, f"{where}.stage", self.stage, "'auto' or a stage 0..4"
-        )
+        _require(self.stage == "auto" or 0 <= self.stage <= 4, f"{where}.stage", self.stage, "'auto' or a stage 0..4")
         _require(self.weight > 0, f"{where}.weight", self.weight, "a positive number")
 
 
@@ -215,9 +209,7 @@ class OptimConfig:
         _require(self.eps > 0, f"{where}.eps", self.eps, "a positive number")
         _require(self.lr_base_batch >= 1, f"{where}.lr_base_batch", self.lr_base_batch, "an integer >= 1")
         _require(self.warmup_epochs >= 0, f"{where}.warmup_epochs", self.warmup_epochs, "a number >= 0")
-        _require(
-            0 <= self.min_lr <= self.lr, f"{where}.min_lr", self.min_lr, f"a number in [0, lr={self.lr}]"
-        )
+        _require(0 <= self.min_lr <= self.lr, f"{where}.min_lr", self.min_lr, f"a number in [0, lr={self.lr}]")
         _require(self.clip_grad >= 0, f"{where}.clip_grad", self.clip_grad, "a number >= 0 (0: off)")
         _require(self.token_lr_scale > 0, f"{where}.token_lr_scale", self.token_lr_scale, "a positive number")
 
@@ -271,9 +263,7 @@ class EvalConfig:
 
     def check(self, where: str) -> None:
         _require(self.batch_size >= 1, f"{where}.batch_size", self.batch_size, "an integer >= 1")
-        _require(
-            len(self.topk) >= 1 and all(k >= 1 for k in self.topk), f"{where}.topk", self.topk, "integers >= 1"
-        )
+        _require(len(self.topk) >= 1 and all(k >= 1 for k in self.topk), f"{where}.topk", self.topk, "integers >= 1")
         _require(
             all(0 <= r < 1 for r in self.occlusion_ratios),
             f"{where}.occlusion_ratios",

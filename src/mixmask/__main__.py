@@ -1,0 +1,5 @@
+import sys
+
+from mixmask.cli import main
+
+sys.exit(main())

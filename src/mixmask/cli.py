@@ -1,0 +1,177 @@
+"""The ``mixmask`` command: parse arguments, build the config, call the task. Heavy imports happen inside commands
+so that ``mixmask --help`` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mixmask import __version__
+
+
+def _config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]:
+    """Split ``[CONFIG] [key=value ...]``: the config file is the one argument without '='."""
+    files = [a for a in args if "=" not in a]
+    if len(files) > 1:
+        raise SystemExit(f"error: give at most one config file, got {files}; overrides look like key.sub=value")
+    return (files[0] if files else None), [a for a in args if "=" in a]
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mixmask.config import load_config, to_dict
+
+    path, overrides = _config_and_overrides(args.args)
+    cfg = load_config(path, overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def cmd_data_shapesx(args: argparse.Namespace) -> int:
+    from mixmask.data.shapesx import export_shapesx
+
+    counts = export_shapesx(
+        args.out,
+        size=args.size,
+        n_train=args.train,
+        n_test=args.test,
+        n_cue_conflict=args.cue_conflict,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    for split, count in counts.items():
+        print(f"{split:>13}: {count} images")
+    print(f"ShapesX written to {Path(args.out).resolve()}")
+    return 0
+
+
+def cmd_data_grid(args: argparse.Namespace) -> int:
+    from mixmask.data.shapesx import example_grid
+
+    path = example_grid(args.out, size=args.size, seed=args.seed)
+    print(f"example grid written to {path}")
+    return 0
+
+
+def cmd_data_imagenet100(args: argparse.Namespace) -> int:
+    from mixmask.data.imagenet100 import build_imagenet100, format_summary
+
+    summary = build_imagenet100(
+        args.imagenet_root, args.out, classes=args.classes, val_labels=args.val_labels, progress=not args.quiet
+    )
+    print(format_summary(summary))
+    print(f"ImageNet-100 written to {Path(args.out).resolve()}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from mixmask.config import load_config
+    from mixmask.data import check_dataset
+
+    path, overrides = _config_and_overrides(args.args)
+    cfg = load_config(path, overrides)
+    report = check_dataset(cfg.data, progress=not args.quiet)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    for split, result in report["splits"].items():
+        print(
+            f"{split}: {result['images']} images in {len(result['per_class'])} classes, "
+            f"{len(result['unreadable'])} unreadable"
+        )
+        for bad in result["unreadable"][:20]:
+            print(f"  unreadable: {bad['path']} ({bad['error']})")
+    return 1 if any(r["unreadable"] for r in report["splits"].values()) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mixmask",
+        description="Masked image modeling with free and mixed masking, and the evaluations that tell models apart.",
+    )
+    parser.add_argument("--version", action="version", version=f"mixmask {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    config = commands.add_parser(
+        "config",
+        help="print the fully resolved config (defaults + CONFIG + overrides), or the error that stops it",
+        description="Print the resolved config. Arguments: [CONFIG.yaml] [key.sub=value ...]",
+    )
+    config.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    config.set_defaults(func=cmd_config)
+
+    data = commands.add_parser("data", help="make, build and check data sets")
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    shapesx = data_commands.add_parser(
+        "shapesx", help="export the embedded ShapesX benchmark as class folders of PNGs with annotations"
+    )
+    shapesx.add_argument("--out", required=True, help="output folder")
+    shapesx.add_argument("--size", type=int, default=64, help="image size in pixels, 32..224 (default 64)")
+    shapesx.add_argument("--train", type=int, default=None, help="number of train images (default: split default)")
+    shapesx.add_argument("--test", type=int, default=None, help="number of test images (default: split default)")
+    shapesx.add_argument("--cue-conflict", type=int, default=None, help="number of cue-conflict images")
+    shapesx.add_argument("--seed", type=int, default=0)
+    shapesx.add_argument("--quiet", action="store_true", help="no progress bar")
+    shapesx.set_defaults(func=cmd_data_shapesx)
+
+    grid = data_commands.add_parser("grid", help="draw a PNG grid of ShapesX examples with their factors")
+    grid.add_argument("--out", required=True, help="PNG file to write")
+    grid.add_argument("--size", type=int, default=96, help="size of each example in pixels (default 96)")
+    grid.add_argument("--seed", type=int, default=0)
+    grid.set_defaults(func=cmd_data_grid)
+
+    imagenet100 = data_commands.add_parser(
+        "imagenet100", help="build ImageNet-100 as symlinks from a local ImageNet-1k tree"
+    )
+    imagenet100.add_argument("--imagenet-root", required=True, help="ImageNet-1k folder with train/ and val/")
+    imagenet100.add_argument("--out", required=True, help="output folder (train/ and val/ of symlinks)")
+    imagenet100.add_argument(
+        "--classes",
+        default="cmc",
+        help="cmc (default; the CMC list used in SSL work), kaggle (the list the Mix-and-Mask paper evaluated) "
+        "or a text file with one wnid per line",
+    )
+    imagenet100.add_argument("--val-labels", default=None, help="label file for a flat val/ folder")
+    imagenet100.add_argument("--quiet", action="store_true", help="no progress bar")
+    imagenet100.set_defaults(func=cmd_data_imagenet100)
+
+    check = data_commands.add_parser(
+        "check",
+        help="read every image of a config's train and val data; report counts and unreadable files",
+        description="Arguments: [CONFIG.yaml] [key.sub=value ...]. Exits 1 when an image cannot be read.",
+    )
+    check.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    check.add_argument("--out", default=None, help="also write the report as JSON here")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(func=cmd_data_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mixmask.config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"mixmask: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        from mixmask.data.common import DataError
+
+        if not isinstance(error, DataError):
+            raise
+        print(f"mixmask: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Data sets from a config: the embedded ShapesX benchmark, class folders (ImageNet, ImageNet-100, any), and local
+Fashion-MNIST / CIFAR files. Every data set returns ``(image, label, index)`` items, has ``classes`` and
+``file_name(i)``, and is batched with ``collate`` (see ``common.py``)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any, Callable
+
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mixmask.config import DataConfig
+from mixmask.data.common import Batch, DataError, Unreadable, collate
+
+__all__ = ["Batch", "DataError", "Unreadable", "build_dataset", "check_dataset", "collate", "resolve_num_workers"]
+
+SPLITS = ("train", "val", "test", "cue_conflict")
+
+
+def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None) -> Dataset:
+    """The ``split`` of the configured data set. ``test`` and ``cue_conflict`` exist for ShapesX only; for the
+    other data sets validation is ``val``. Class lists of train and val are checked to agree."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if cfg.dataset == "shapesx":
+        from mixmask.data.shapesx import ShapesX
+
+        length = getattr(cfg.shapesx, split)
+        return ShapesX(split, size=cfg.image_size, length=length, seed=cfg.shapesx.seed, transform=transform)
+    if split in ("test", "cue_conflict"):
+        raise DataError(f"the {split} split exists for ShapesX only; data.dataset={cfg.dataset} has train and val")
+    if cfg.dataset == "folder":
+        from mixmask.data.folders import ClassFolderDataset, check_splits
+
+        root = os.path.join(cfg.root, cfg.train_dir)
+        train = ClassFolderDataset(root, transform=transform, strict=cfg.strict)
+        if split == "train":
+            return train
+        val_root = os.path.join(cfg.root, cfg.val_dir)
+        val = ClassFolderDataset(val_root, transform=transform, strict=cfg.strict)
+        check_splits(train, val)
+        return val
+    from mixmask.data.small_sets import open_small_set
+
+    return open_small_set(cfg.dataset, cfg.root, train=split == "train", transform=transform)
+
+
+def resolve_num_workers(value: int | str) -> int:
+    """``auto``: no workers on a 2-core machine (they only compete with the main process), else up to 8."""
+    if value != "auto":
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
+def check_dataset(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
+    """Read every image of the train and val splits; count images per class and list the unreadable ones."""
+    from mixmask.data.transforms import eval_transform
+
+    transform = eval_transform(cfg.image_size, crop_pct=cfg.crop_pct, mean=cfg.mean, std=cfg.std)
+    report: dict[str, Any] = {"dataset": cfg.dataset, "root": cfg.root, "splits": {}}
+    for split in ("train", "val"):
+        dataset = build_dataset(cfg, split, transform)
+        loader = DataLoader(
+            dataset, batch_size=64, num_workers=resolve_num_workers(cfg.num_workers), collate_fn=collate
+        )
+        per_class: Counter[str] = Counter()
+        unreadable: list[Unreadable] = []
+        for batch in tqdm(loader, desc=f"checking {split}", unit="batch", disable=not progress):
+            per_class.update(dataset.classes[label] for label in batch.labels.tolist())
+            unreadable.extend(batch.skipped)
+        report["splits"][split] = {
+            "images": sum(per_class.values()),
+            "per_class": dict(sorted(per_class.items())),
+            "unreadable": [{"path": u.path, "error": u.error} for u in unreadable],
+        }
+    return report

@@ -1,0 +1,208 @@
+"""Masks for masked image modeling: exact-count patch masks, block-wise masks, the patch/stage rule, mixed masking.
+
+A mask is a bool tensor, True = masked. ``MaskSpec.sample`` draws one per image on the patch grid
+``(B, image_size // patch_size, image_size // patch_size)`` with exactly ``ceil(ratio * n_patches)`` masked cells.
+The model needs it at two resolutions: pixels (mean fill, loss) and the grid of the stage where the mask token enters.
+A patch of N pixels is masked exactly at a stage whose stride divides N; ``downsample="area"`` allows any pairing
+(a stage cell counts as masked when at least half of its pixels are).
+
+``MixedMasker`` picks one strategy per step (``per_batch``, the Mix-and-Mask paper) or per image (``per_sample``).
+The choice comes from a generator seeded by (seed, step), so every rank and a resumed run make the same choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mixmask.config import ConfigError, MaskingConfig
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    patch_size: int
+    ratio: float
+    stage: int | str = "auto"
+    weight: float = 1.0
+    kind: str = "random"  # random | blockwise
+
+    def grid(self, image_size: int) -> int:
+        if image_size % self.patch_size:
+            raise ValueError(f"image size {image_size} is not divisible by patch size {self.patch_size}")
+        return image_size // self.patch_size
+
+    def count(self, image_size: int) -> int:
+        """Masked cells per image: ceil(ratio * n_patches), as in SimMIM and the official A2MIM code."""
+        return math.ceil(self.ratio * self.grid(image_size) ** 2)
+
+    def sample(
+        self,
+        batch_size: int,
+        image_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """A bool mask (B, g, g) with exactly ``count`` True cells per image, drawn in one batched operation."""
+        g = self.grid(image_size)
+        if generator is not None and device is not None and generator.device != torch.device(device):
+            raise ValueError(f"generator is on {generator.device}, masks are asked for on {device}")
+        device = generator.device if generator is not None else device
+        scores = torch.rand(batch_size, g * g, generator=generator, device=device)
+        if self.kind == "blockwise":
+            # Prefer cells inside BEiT-style blocks; the random part of the score breaks ties, so the top `count`
+            # cells are exactly `count` while following the blocks as closely as the count allows.
+            scores = scores + 2 * _blocks(batch_size, g, self.count(image_size), generator, device).flatten(1)
+        chosen = scores.topk(self.count(image_size), dim=1).indices
+        mask = torch.zeros(batch_size, g * g, dtype=torch.bool, device=device)
+        mask.scatter_(1, chosen, True)
+        return mask.view(batch_size, g, g)
+
+
+def _blocks(batch: int, g: int, count: int, generator, device, rounds: int = 64) -> torch.Tensor:
+    """BEiT-style block cover: rectangles of random area (>= 4 cells where possible) and aspect ratio in [0.3, 1/0.3],
+    added for every image in parallel until each image has at least ``count`` cells (or ``rounds`` run out)."""
+    rows = torch.arange(g, device=device).view(1, g, 1)
+    cols = torch.arange(g, device=device).view(1, 1, g)
+    covered = torch.zeros(batch, g, g, dtype=torch.bool, device=device)
+    min_area = min(4, count)
+    for _ in range(rounds):
+        todo = covered.flatten(1).sum(1) < count
+        if not todo.any():
+            break
+        remaining = (count - covered.flatten(1).sum(1)).clamp(min=min_area).float()
+        u = torch.rand(batch, 4, generator=generator, device=device)
+        area = min_area + u[:, 0] * (remaining - min_area)
+        log_aspect = math.log(0.3) + u[:, 1] * (math.log(1 / 0.3) - math.log(0.3))
+        aspect = log_aspect.exp()
+        h = (area * aspect).sqrt().round().clamp(1, g)
+        w = (area / aspect).sqrt().round().clamp(1, g)
+        top = (u[:, 2] * (g - h + 1)).floor()
+        left = (u[:, 3] * (g - w + 1)).floor()
+        block = (
+            (rows >= top.view(-1, 1, 1))
+            & (rows < (top + h).view(-1, 1, 1))
+            & (cols >= left.view(-1, 1, 1))
+            & (cols < (left + w).view(-1, 1, 1))
+        )
+        covered |= block & todo.view(-1, 1, 1)
+    return covered
+
+
+# ------------------------------------------------------------------------------------------- patch / stage rule
+
+
+def resolve_stage(spec: MaskSpec, strides: list[int], max_stage: int = 3, downsample: str = "exact") -> int:
+    """The stage where ``spec``'s token enters. ``strides[k]`` is stage k's stride (ResNet-50: 4, 4, 8, 16, 32).
+
+    auto: the deepest stage up to ``max_stage`` whose stride divides the patch size. An explicit stage must satisfy
+    the same rule unless ``downsample == "area"``. Raises ConfigError naming patch, stage, stride and the stages that
+    would work.
+    """
+    last = min(max_stage, len(strides) - 1)
+    working = [k for k in range(last + 1) if spec.patch_size % strides[k] == 0]
+    if spec.stage == "auto":
+        if not working:
+            if downsample == "area":
+                return last
+            raise ConfigError(
+                f"mask patch {spec.patch_size} px: no stage up to max_stage={max_stage} has a stride dividing it "
+                f"(strides {strides[: last + 1]}); use a patch that is a multiple of {strides[0]}, or "
+                "masking.downsample=area"
+            )
+        return working[-1]
+    stage = int(spec.stage)
+    if not 0 <= stage < len(strides):
+        raise ConfigError(f"mask stage {stage} does not exist: the backbone has stages 0..{len(strides) - 1}")
+    if downsample != "area" and spec.patch_size % strides[stage]:
+        raise ConfigError(
+            f"mask patch {spec.patch_size} px cannot be masked exactly at stage {stage} (stride {strides[stage]} "
+            f"does not divide {spec.patch_size}); stages that work: {working or 'none'}; "
+            "or set masking.downsample=area"
+        )
+    return stage
+
+
+def to_grid(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Resample a square bool mask (B, g, g) to (B, size, size): exact repetition when ``size`` is a multiple of g,
+    otherwise area coverage (a cell is masked when at least half of its pixels are)."""
+    g = mask.shape[-1]
+    if size % g == 0:
+        factor = size // g
+        return mask.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+    if g % size == 0:
+        covered = F.avg_pool2d(mask[:, None].float(), g // size)
+    else:
+        # go through the common refinement, then average over each target cell
+        fine = math.lcm(g, size)
+        covered = F.avg_pool2d(to_grid(mask, fine)[:, None].float(), fine // size)
+    return covered[:, 0] >= 0.5
+
+
+# ------------------------------------------------------------------------------------------------- mixed masking
+
+
+@dataclass
+class MaskBatch:
+    """One step's masks: which strategy each image used, the pixel mask, and the mask on each stage grid in use."""
+
+    strategy: torch.Tensor  # (B,) int64 index into the masker's specs
+    pixels: torch.Tensor  # (B, H, W) bool
+    stages: dict[int, torch.Tensor]  # stage -> (B, h_s, w_s) bool; False for images of other strategies
+
+
+class MixedMasker:
+    """Draws each step's masks from one or several strategies; see the module docstring."""
+
+    def __init__(
+        self,
+        specs: list[MaskSpec],
+        stages: list[int],
+        strides: list[int],
+        mix: str = "per_batch",
+        seed: int = 0,
+    ):
+        if len(specs) != len(stages):
+            raise ValueError("one stage per spec")
+        self.specs, self.stages, self.strides, self.mix, self.seed = list(specs), list(stages), strides, mix, seed
+        self.weights = torch.tensor([s.weight for s in specs], dtype=torch.float64)
+
+    @classmethod
+    def from_config(cls, cfg: MaskingConfig, strides: list[int], seed: int = 0) -> MixedMasker:
+        specs = [MaskSpec(s.patch_size, s.ratio, s.stage, s.weight, s.kind) for s in cfg.strategies]
+        stages = []
+        for i, spec in enumerate(specs):
+            try:
+                stages.append(resolve_stage(spec, strides, cfg.max_stage, cfg.downsample))
+            except ConfigError as error:
+                raise ConfigError(f"config field `masking.strategies[{i}]`: {error}") from None
+        return cls(specs, stages, strides, cfg.mix, seed)
+
+    def choose(self, step: int, batch_size: int) -> torch.Tensor:
+        """Strategy index per image: one for the whole batch (per_batch) or one each (per_sample). Depends only on
+        (seed, step), never on the rank or on what ran before."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        draws = 1 if self.mix == "per_batch" else batch_size
+        choice = torch.multinomial(self.weights, draws, replacement=True, generator=generator)
+        return choice.expand(batch_size) if self.mix == "per_batch" else choice
+
+    def __call__(
+        self, step: int, batch_size: int, image_size: int, generator: torch.Generator | None = None, device=None
+    ) -> MaskBatch:
+        choice = self.choose(step, batch_size)  # on the CPU: grouping images by strategy needs no device sync
+        if generator is not None:
+            device = generator.device
+        pixels = torch.zeros(batch_size, image_size, image_size, dtype=torch.bool, device=device)
+        stages: dict[int, torch.Tensor] = {}
+        for index in choice.unique().tolist():
+            rows = (choice == index).nonzero().flatten().to(device)
+            spec, stage = self.specs[index], self.stages[index]
+            grid_mask = spec.sample(len(rows), image_size, generator=generator, device=device)
+            pixels[rows] = to_grid(grid_mask, image_size)
+            side = image_size // self.strides[stage]
+            if stage not in stages:
+                stages[stage] = torch.zeros(batch_size, side, side, dtype=torch.bool, device=device)
+            stages[stage][rows] = to_grid(grid_mask, side)
+        return MaskBatch(choice.to(device), pixels, stages)
