@@ -1,0 +1,86 @@
+import pytest
+import torch
+from focal_frequency_loss import FocalFrequencyLoss
+
+from mixmask.losses import focal_frequency_loss, frequency_input, masked_spatial_loss
+
+
+@pytest.mark.parametrize("size", [(4, 3, 32, 32), (3, 3, 28, 28), (2, 3, 31, 17), (1, 1, 16, 24)])
+@pytest.mark.parametrize(
+    "ave_spectrum, log_matrix, batch_matrix",
+    [(True, True, True), (False, False, False), (True, False, True), (False, True, False)],
+)
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_focal_frequency_loss_equals_reference_package(size, ave_spectrum, log_matrix, batch_matrix, alpha):
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(size, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(size, generator=g, dtype=torch.float64)
+    options = dict(alpha=alpha, ave_spectrum=ave_spectrum, log_matrix=log_matrix, batch_matrix=batch_matrix)
+    reference = FocalFrequencyLoss(**options)(pred, target)
+    (reference_grad,) = torch.autograd.grad(reference, pred)
+    ours = focal_frequency_loss(pred, target, **options)
+    (our_grad,) = torch.autograd.grad(ours, pred)
+    assert ours.dtype == torch.float32  # always computed in fp32
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    torch.testing.assert_close(our_grad, reference_grad, rtol=1e-4, atol=1e-7 * reference_grad.abs().max().item())
+
+
+def test_focal_frequency_loss_is_zero_for_perfect_prediction_and_grows_with_error():
+    target = torch.rand(2, 3, 16, 16)
+    assert focal_frequency_loss(target, target).item() == 0.0
+    small = focal_frequency_loss(target + 0.01 * torch.randn_like(target), target)
+    large = focal_frequency_loss(target + 0.5 * torch.randn_like(target), target)
+    assert 0 < small < large
+
+
+def test_focal_frequency_loss_under_bf16_autocast_stays_fp32():
+    pred, target = torch.randn(2, 3, 24, 24), torch.randn(2, 3, 24, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = focal_frequency_loss(pred.bfloat16(), target)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(focal_frequency_loss(pred.bfloat16().float(), target).item(), rel=1e-6)
+
+
+def reference_spatial(pred, target, mask, kind):  # the official head: sum(loss * M) / (sum(M) + 1e-5) / 3
+    d = pred - target
+    loss = {"l1": d.abs(), "l2": d**2, "focal_l1": d.abs() * (2 * torch.sigmoid(0.2 * d.abs()) - 1)}[kind]
+    m = mask[:, None].double()
+    return (loss * m).sum() / (m.sum() + 1e-5) / 3
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2", "focal_l1"])
+def test_masked_spatial_loss_averages_masked_pixel_channels(kind):
+    g = torch.Generator().manual_seed(0)
+    pred, target = (
+        torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64),
+    )
+    mask = torch.rand(2, 8, 8, generator=g) < 0.4
+    ours = masked_spatial_loss(pred, target, mask, kind)
+    assert ours.item() == pytest.approx(reference_spatial(pred, target, mask, kind).item(), rel=1e-5)
+    # unmasked pixels do not count
+    changed = torch.where(mask[:, None], pred, pred + 100)
+    assert masked_spatial_loss(changed, target, mask, kind).item() == pytest.approx(ours.item())
+
+
+def test_focal_l1_is_quadratic_for_small_errors():
+    target = torch.zeros(1, 3, 2, 2)
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    small = masked_spatial_loss(torch.full_like(target, 0.01), target, mask, "focal_l1")
+    assert small.item() == pytest.approx(0.1 * 0.01**2, rel=1e-2)  # |d| * (2 sigmoid(0.2 |d|) - 1) ~ 0.1 d^2
+
+
+@pytest.mark.parametrize("mode", ["prediction", "mixed", "target"])
+def test_frequency_input_keeps_masked_prediction_and_scales_unmasked_gradient(mode):
+    pred = torch.randn(1, 3, 4, 4, requires_grad=True)
+    target = torch.randn(1, 3, 4, 4)
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[:, :2] = True
+    out = frequency_input(pred, target, mask, mode, unmasked_weight=1e-3)
+    torch.testing.assert_close(out[:, :, :2], pred[:, :, :2])
+    stand_in = {"prediction": pred, "mixed": 0.5 * pred + 0.5 * target, "target": target}[mode]
+    expected_unmasked = 1e-3 * pred + (1 - 1e-3) * stand_in
+    torch.testing.assert_close(out[:, :, 2:], expected_unmasked[:, :, 2:])
+    out.sum().backward()
+    assert torch.all(pred.grad[:, :, :2] == 1)
+    torch.testing.assert_close(pred.grad[:, :, 2:], torch.full_like(pred.grad[:, :, 2:], 1e-3))
