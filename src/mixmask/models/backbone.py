@@ -1,0 +1,136 @@
+"""Any timm CNN, run stage by stage, with a hook after every stage (where a mask token can enter).
+
+Stage numbering follows the official A2MIM code. For ResNet: stage 0 = the stem output after max-pool (stride 4),
+stage k = the output of residual layer k (ResNet-50 at 224: 0 -> 56x56x64, 1 -> 56x56x256, 2 -> 28x28x512,
+3 -> 14x14x1024, 4 -> 7x7x2048). In general the stages are timm's ``feature_info`` points of stride >= 4, preceded by
+the stem when the stem alone already reaches stride 4. The timm model is kept whole as ``self.model``, so its
+state dict keeps timm's parameter names (exported weights load back into ``timm.create_model``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mixmask._compat import timm
+from mixmask.config import ConfigError
+
+
+def _resnet_tiny(**kwargs) -> nn.Module:
+    """BasicBlock ResNet, layers 1-1-1-1, channels 32-64-128-256 (1.25 M parameters): the CPU workhorse."""
+    from timm.models.resnet import BasicBlock, ResNet
+
+    return ResNet(BasicBlock, (1, 1, 1, 1), channels=(32, 64, 128, 256), **kwargs)
+
+
+PRESETS: dict[str, Callable[..., nn.Module]] = {"resnet_tiny": _resnet_tiny}
+
+
+def create_timm_model(name: str, num_classes: int = 0, **kwargs) -> nn.Module:
+    """A preset or any timm model, randomly initialised (weights are loaded explicitly, never fetched)."""
+    if name in PRESETS:
+        return PRESETS[name](num_classes=num_classes, **kwargs)
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ConfigError(
+            f"config field `model.backbone`: {name!r} is not a timm model or a preset "
+            f"({', '.join(PRESETS)}); similar timm names: {', '.join(close) or 'none'}"
+        )
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+class Backbone(nn.Module):
+    """Runs a timm CNN one stage at a time. ``strides[k]`` and ``channels[k]`` describe stage k's output."""
+
+    def __init__(self, name: str, **timm_kwargs):
+        super().__init__()
+        self.name = name
+        self.model = create_timm_model(name, **timm_kwargs)
+        try:
+            self.stage_modules = self._find_stages()
+            self.strides, self.channels = self._measure()
+        except ConfigError:
+            raise
+        except Exception as error:  # e.g. a transformer that wants a fixed input size and returns token sequences
+            raise ConfigError(
+                f"config field `model.backbone`: {name!r} cannot be run stage by stage as a CNN ({error})"
+            ) from error
+
+    def _find_stages(self) -> list[list[str]]:
+        feature_info = getattr(self.model, "feature_info", None)
+        if not feature_info:
+            raise ConfigError(
+                f"config field `model.backbone`: {self.name!r} has no timm feature_info, so its stages cannot be "
+                "found; use a CNN such as resnet50, resnet18, convnext_tiny or regnety_016"
+            )
+        points = [f["module"] for f in feature_info if f["reduction"] >= 4]
+        # timm's own way to walk a model in order: top-level children, with one level of Sequential flattened
+        modules = [dotted for _, dotted, _ in timm.models._features._module_list(self.model, flatten_sequential=True)]
+
+        def belongs(dotted: str, point: str) -> bool:
+            return dotted == point or dotted.startswith(point + ".")
+
+        # a stage runs from the end of the previous one to the last module of its feature point
+        ends: list[int] = []
+        for point in points:
+            owned = [i for i, dotted in enumerate(modules) if belongs(dotted, point)]
+            if not owned or (ends and owned[-1] <= ends[-1]):
+                raise ConfigError(f"config field `model.backbone`: cannot split {self.name!r} into stages at {points}")
+            ends.append(owned[-1])
+        starts = [0] + [end + 1 for end in ends[:-1]]
+        stages = [modules[start : end + 1] for start, end in zip(starts, ends, strict=True)]
+        # stem as stage 0 when it already reaches stride 4 (ResNet: conv, bn, act, max-pool)
+        first = stages[0]
+        stem = [m for m in first if not belongs(m, points[0])]
+        if stem:
+            stride = self._stride_after(stem)
+            if stride == 4:
+                stages = [stem, [m for m in first if belongs(m, points[0])], *stages[1:]]
+        return stages
+
+    def _module(self, dotted: str) -> nn.Module:
+        return self.model.get_submodule(dotted)
+
+    @torch.no_grad()
+    def _stride_after(self, names: list[str], size: int = 64) -> int:
+        x = torch.zeros(1, 3, size, size)
+        training = self.model.training
+        self.model.eval()
+        for name in names:
+            x = self._module(name)(x)
+        self.model.train(training)
+        return size // x.shape[-1]
+
+    @torch.no_grad()
+    def _measure(self, size: int = 64) -> tuple[list[int], list[int]]:
+        training = self.model.training
+        self.model.eval()
+        outputs = self.forward_stages(torch.zeros(1, 3, size, size))
+        self.model.train(training)
+        if any(o.ndim != 4 for o in outputs):
+            raise ConfigError(
+                f"config field `model.backbone`: {self.name!r} is not a CNN (its stages are not feature maps)"
+            )
+        return [size // o.shape[-1] for o in outputs], [o.shape[1] for o in outputs]
+
+    def forward(self, x: torch.Tensor, hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The last stage's feature map; ``hook(k, features)`` may replace stage k's output before stage k+1."""
+        for k, names in enumerate(self.stage_modules):
+            for name in names:
+                x = self._module(name)(x)
+            if hook is not None:
+                x = hook(k, x)
+        return x
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output (for CKA and feature analyses)."""
+        outputs: list[torch.Tensor] = []
+
+        def keep(k: int, features: torch.Tensor) -> torch.Tensor:
+            outputs.append(features)
+            return features
+
+        self.forward(x, keep)
+        return outputs
