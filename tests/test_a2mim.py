@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from mixmask.config import LossConfig, load_config
+from mixmask.masking import MaskBatch, MixedMasker
+from mixmask.models.a2mim import A2MIM, fill_masked
+from mixmask.models.backbone import Backbone
+
+
+def masks_for(masker, batch=4, size=64, step=0):
+    return masker(step, batch, size, generator=torch.Generator().manual_seed(step))
+
+
+def tiny_model(strategies="[{patch_size: 16, ratio: 0.6}]", **kwargs):
+    cfg = load_config(None, [f"masking.strategies={strategies}"])
+    backbone = Backbone("resnet_tiny")
+    masker = MixedMasker.from_config(cfg.masking, backbone.strides)
+    return A2MIM(backbone, masker.stages, cfg.loss, **kwargs), masker
+
+
+def test_mean_fill_uses_the_whole_image_mean():
+    images = torch.randn(2, 3, 8, 8)
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    filled = fill_masked(images, mask, "mean")
+    mean = images.mean(dim=(2, 3))
+    torch.testing.assert_close(filled[:, :, :4], mean[:, :, None, None].expand(2, 3, 4, 8))
+    torch.testing.assert_close(filled[:, :, 4:], images[:, :, 4:])
+    assert torch.equal(fill_masked(images, mask, "zero")[:, :, :4], torch.zeros(2, 3, 4, 8))
+    assert torch.equal(fill_masked(images, mask, "none"), images)
+
+
+@pytest.mark.parametrize("token_mode", ["add", "replace"])
+def test_token_changes_the_stage_features_only_where_masked(token_mode):
+    model, masker = tiny_model(token_mode=token_mode)
+    stage = masker.stages[0]
+    assert stage == 3  # patch 16 on resnet_tiny: deepest stage (<= 3) whose stride divides 16
+    masks = masks_for(masker)
+    features = torch.randn(4, model.backbone.channels[stage], 4, 4)
+    out = model.insert_tokens(stage, features, masks)
+    changed = (out != features).any(dim=1)
+    assert torch.equal(changed, masks.stages[stage])
+    if token_mode == "add":
+        token = model.mask_tokens[str(stage)][0, :, 0, 0]
+        m = masks.stages[stage][0]
+        torch.testing.assert_close(out[0][:, m] - features[0][:, m], token[:, None].expand(-1, int(m.sum())))
+    assert torch.equal(model.insert_tokens(stage - 1, features, masks), features)
+
+
+def test_forward_gives_loss_terms_and_full_size_prediction():
+    model, masker = tiny_model()
+    images = torch.randn(4, 3, 64, 64)
+    out = model(images, masks_for(masker))
+    assert out["prediction"].shape == images.shape
+    assert set(out) == {"loss", "loss_spatial", "loss_freq", "prediction"}
+    expected = out["loss_spatial"] + 0.5 * out["loss_freq"]
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    out["loss"].backward()
+    assert model.mask_tokens["3"].grad is not None and model.mask_tokens["3"].grad.abs().sum() > 0
+
+
+def test_tokens_of_unused_stages_still_get_gradients():
+    model, masker = tiny_model("[{patch_size: 4, ratio: 0.6}, {patch_size: 32, ratio: 0.6}]")
+    assert sorted(model.mask_tokens) == ["1", "3"]
+    masks = masks_for(masker, step=0)
+    used = set(masks.stages)
+    assert len(used) == 1  # per_batch: one strategy this step
+    model(torch.randn(4, 3, 64, 64), masks)["loss"].backward()
+    for key, token in model.mask_tokens.items():
+        assert token.grad is not None
+        assert (token.grad.abs().sum() > 0) == (int(key) in used)
+
+
+def test_gamma_variant_and_no_frequency_loss():
+    loss = LossConfig(freq_weight=0.0, spatial="l1")
+    cfg = load_config(None, ["masking.strategies=[{patch_size: 16}]"])
+    backbone = Backbone("resnet_tiny")
+    masker = MixedMasker.from_config(cfg.masking, backbone.strides)
+    model = A2MIM(backbone, masker.stages, loss, gamma_init=1e-6)
+    assert list(model.mask_gammas) == ["3"]
+    out = model(torch.randn(2, 3, 64, 64), masks_for(masker, batch=2))
+    assert "loss_freq" not in out and out["loss"].item() == pytest.approx(out["loss_spatial"].item())
+    empty = MaskBatch(torch.zeros(2, dtype=torch.long), torch.zeros(2, 64, 64, dtype=torch.bool), {})
+    features = torch.randn(2, 128, 4, 4)
+    assert torch.equal(model.insert_tokens(3, features, empty), features)
