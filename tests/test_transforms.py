@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mixmask.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    denormalize,
+    eval_transform,
+    finetune_transform,
+    pretrain_transform,
+)
+
+NO_NORM = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+
+def coordinate_image(size=64):
+    """Red = 4 * x, green = 4 * y: every pixel says where it came from."""
+    y, x = np.mgrid[0:size, 0:size]
+    return Image.fromarray(np.stack([4 * x, 4 * y, np.zeros_like(x)], axis=2).astype(np.uint8))
+
+
+@pytest.mark.parametrize("make", [pretrain_transform, finetune_transform])
+def test_random_crop_output_shape_dtype_and_determinism(make):
+    image = coordinate_image().resize((80, 50))
+    transform = make(32)
+    torch.manual_seed(0)
+    first = transform(image)
+    torch.manual_seed(0)
+    assert torch.equal(transform(image), first)
+    assert first.shape == (3, 32, 32) and first.dtype == torch.float32
+    assert any(not torch.equal(transform(image), first) for _ in range(5))
+
+
+def test_default_scales_follow_the_papers():
+    assert pretrain_transform(32).transforms[0].scale == (0.8, 1.0)
+    assert finetune_transform(32).transforms[0].scale == (0.08, 1.0)
+    assert finetune_transform(32, scale=[0.2, 0.5]).transforms[0].scale == (0.2, 0.5)
+
+
+def test_crop_scale_is_respected():
+    """A quarter-area square crop of a 64 px image resized to 32 px is a copied 32 x 32 window of the input."""
+    source = np.asarray(coordinate_image()).astype(np.float32) / 255
+    transform = pretrain_transform(32, scale=(0.25, 0.25), ratio=(1.0, 1.0), hflip=False, **NO_NORM)
+    corners = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        out = transform(coordinate_image()).permute(1, 2, 0).numpy()
+        top, left = round(out[0, 0, 1] * 255 / 4), round(out[0, 0, 0] * 255 / 4)
+        assert np.allclose(out, source[top : top + 32, left : left + 32], atol=1e-6)
+        corners.add((top, left))
+    assert len(corners) > 1
+
+
+def test_hflip_switch():
+    image = coordinate_image(32)
+    plain = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+    with_flip = pretrain_transform(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), **NO_NORM)
+    outs = []
+    for seed in range(10):
+        torch.manual_seed(seed)
+        outs.append(with_flip(image))
+    assert any(torch.equal(o, plain) for o in outs) and any(torch.equal(o, plain.flip(-1)) for o in outs)
+    without = pretrain_transform(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False, **NO_NORM)
+    assert all(torch.equal(without(image), plain) for _ in range(5))
+
+
+def test_normalisation_of_a_constant_image():
+    color = (128, 64, 255)
+    out = eval_transform(32)(Image.new("RGB", (50, 40), color))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    for channel in range(3):
+        expected = (color[channel] / 255 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
+        assert torch.allclose(out[channel], torch.full((32, 32), expected), atol=1e-5)
+
+
+def test_eval_crop_pct():
+    array = np.zeros((64, 64, 3), dtype=np.uint8)
+    array[...] = (255, 0, 0)
+    array[:2, :] = array[-2:, :] = array[:, :2] = array[:, -2:] = (0, 0, 255)  # a 2 px blue frame
+    image = Image.fromarray(array)
+    cropped = eval_transform(32, crop_pct=0.875, **NO_NORM)(image)  # resize to 36, crop 32: the frame goes
+    assert cropped.shape == (3, 32, 32) and torch.all(cropped[2] == 0) and torch.all(cropped[0] == 1)
+    whole = eval_transform(32, crop_pct=1.0, **NO_NORM)(image)  # resize to 32, no crop: the frame stays
+    assert whole[2, 0, 16] > 0.5 and whole[2, 16, 16] == 0
+    same_size = coordinate_image(32)
+    expected = (torch.from_numpy(np.asarray(same_size).copy()).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
+    assert torch.allclose(eval_transform(32, crop_pct=1.0, mean=[0.5] * 3, std=[0.25] * 3)(same_size), expected)
+
+
+@pytest.mark.parametrize("scale", [(0.0, 1.0), (0.9, 0.5), (0.5, 1.2), (0.5,)])
+def test_bad_scale_is_a_clear_error(scale):
+    with pytest.raises(ValueError, match=r"scale must be \(min, max\) with 0 < min <= max <= 1"):
+        pretrain_transform(32, scale=scale)
+
+
+def test_bad_crop_pct_ratio_and_size():
+    with pytest.raises(ValueError, match=r"crop_pct must be in \(0, 1\]"):
+        eval_transform(32, crop_pct=1.5)
+    with pytest.raises(ValueError, match="ratio must be"):
+        finetune_transform(32, ratio=(2.0, 1.0))
+    with pytest.raises(ValueError, match="size must be a positive"):
+        finetune_transform(0)
+
+
+def test_denormalize_inverts_normalize_and_clamps():
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 5, 5)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    normalized = (images - mean) / std
+    assert torch.allclose(denormalize(normalized), images, atol=1e-6)
+    assert torch.allclose(denormalize(normalized[0]), images[0], atol=1e-6)
+    assert denormalize(torch.full((3, 2, 2), 10.0)).eq(1).all()
+    assert torch.allclose(denormalize(torch.zeros(3, 1, 1), [0.5] * 3, [2.0] * 3), torch.full((3, 1, 1), 0.5))
