@@ -1,0 +1,47 @@
+"""Run folders: where a run's config, metrics, checkpoints, results and figures go."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mixmask.config import Config, load_config, save_config
+
+
+def new_run_dir(cfg: Config, kind: str, out: str | Path | None = None) -> Path:
+    """``out``, or ``train.out_dir/train.name``, or ``train.out_dir/<kind>-<backbone>-<time>``; must not hold a run."""
+    if out is None:
+        name = cfg.train.name or f"{kind}-{cfg.model.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = Path(cfg.train.out_dir) / name
+    run_dir = Path(out)
+    if (run_dir / "checkpoints").exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The saved config of a run, with optional overrides (e.g. more epochs)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+    return load_config(path, overrides)
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Atomic JSON write: a crash never leaves a half-written results file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["new_run_dir", "resume_config", "save_config", "write_json"]

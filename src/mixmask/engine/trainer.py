@@ -1,0 +1,261 @@
+"""The training loop shared by pretraining and finetuning.
+
+Reproducible and resumable by construction: the sample order of epoch e comes from a generator seeded by (seed, e);
+each sample's augmentation from one seeded by (seed, e, index); the task's ``step_fn`` gets the global micro-step
+to seed its masks. So a run stopped after any checkpoint and resumed with ``--resume`` replays exactly the batches,
+augmentations and masks it would have seen, and on the CPU ends with bitwise the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from mixmask.config import Config
+from mixmask.data import Batch, collate, resolve_num_workers
+from mixmask.engine.checkpoint import load_checkpoint, save_checkpoint
+from mixmask.engine.distributed import Dist, all_sum
+from mixmask.engine.optim import base_lr, build_optimizer, lr_at, set_lr
+
+StepFn = Callable[[nn.Module, Batch, int], dict[str, torch.Tensor]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` keys: a permutation seeded by (seed, epoch), this rank's share of it, whole batches
+    only (a multiple of ``group`` batches: gradient accumulation never spans epochs), optionally starting
+    ``skip_batches`` batches in (resume)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, group: int = 1):
+        self.size, self.batch_size, self.seed, self.rank, self.world, self.group = (
+            size,
+            batch_size,
+            seed,
+            rank,
+            world,
+            group,
+        )
+        self.epoch, self.skip_batches = 0, 0
+
+    def batches_per_epoch(self) -> int:
+        return self.size // self.world // self.batch_size // self.group * self.group
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        mine = order[self.rank : self.size // self.world * self.world : self.world]
+        mine = mine[self.skip_batches * self.batch_size : self.batches_per_epoch() * self.batch_size]
+        return iter([(self.epoch, i) for i in mine.tolist()])
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch() - self.skip_batches) * self.batch_size
+
+
+class SeededAugmentation(Dataset):
+    """Draws each sample's random augmentation from a generator seeded by (seed, epoch, index), so it does not
+    depend on worker processes, on the order of loading or on where a resumed run starts."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            return self.dataset[index]
+
+
+def make_loader(dataset: Dataset, cfg: Config, dist: Dist) -> tuple[DataLoader, EpochSampler]:
+    train = cfg.train
+    sampler = EpochSampler(len(dataset), train.batch_size, train.seed, dist.rank, dist.world, train.accum_steps)
+    if sampler.batches_per_epoch() == 0:
+        raise ValueError(
+            f"{len(dataset)} images cannot fill {train.accum_steps} batch(es) of train.batch_size={train.batch_size} "
+            f"on each of {dist.world} process(es); use a smaller batch"
+        )
+    loader = DataLoader(
+        SeededAugmentation(dataset, cfg.train.seed),
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=resolve_num_workers(cfg.data.num_workers),
+        collate_fn=collate,
+        pin_memory=dist.device.type == "cuda",
+        drop_last=True,
+    )
+    return loader, sampler
+
+
+class MetricsLog:
+    """metrics.jsonl (appended, one line per log step) and TensorBoard, written by rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def fit(
+    cfg: Config,
+    run_dir: Path,
+    model: nn.Module,
+    dataset: Dataset,
+    step_fn: StepFn,
+    dist: Dist,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    description: str = "train",
+) -> dict[str, Any]:
+    """Train ``model`` on ``dataset`` with the loss from ``step_fn``; resume from ``run_dir/checkpoints/last`` when
+    it exists. Returns a summary (steps, final loss terms, unreadable images)."""
+    train = cfg.train
+    device = dist.device
+    cuda = device.type == "cuda"
+    model.to(device)
+    if cuda and train.channels_last in ("auto", True):
+        model.to(memory_format=torch.channels_last)
+    inner = model
+    if dist.world > 1:
+        if cuda:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if cuda else None)
+    use_bf16 = train.precision == "bf16" or (train.precision == "auto" and cuda)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    loader, sampler = make_loader(dataset, cfg, dist)
+    steps_per_epoch = sampler.batches_per_epoch() // train.accum_steps
+    total_steps = train.epochs * steps_per_epoch
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    lr = base_lr(cfg.optim, train.batch_size * dist.world * train.accum_steps)
+    optimizer = build_optimizer(inner, cfg.optim, lr, fused=cuda)
+
+    checkpoint = run_dir / "checkpoints" / "last"
+    step, epoch, position = 0, 0, 0
+    unreadable: list[dict[str, str]] = []
+    if checkpoint.exists():
+        state = load_checkpoint(checkpoint, inner, optimizer)
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        unreadable = state.get("unreadable", [])
+        if dist.main:
+            print(f"resuming from {checkpoint}: epoch {epoch}, step {step}")
+
+    log = MetricsLog(run_dir, dist.main)
+
+    def save() -> None:
+        if dist.main:
+            state = {"step": step, "epoch": epoch, "position": position, "unreadable": unreadable}
+            save_checkpoint(checkpoint, inner, optimizer, state)
+
+    sums: dict[str, torch.Tensor] = {}
+    summed = 0
+    last_terms: dict[str, float] = {}
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    progress = tqdm(total=total_steps, initial=step, desc=description, unit="step", disable=not dist.main)
+    timer, images_seen = time.perf_counter(), 0
+    model.train()
+    try:
+        while epoch < train.epochs:
+            sampler.set_epoch(epoch, skip_batches=position)
+            epoch_skipped: list[dict[str, str]] = []
+            for batch in loader:
+                epoch_skipped += [{"path": s.path, "error": s.error} for s in batch.skipped]
+                micro_step = epoch * sampler.batches_per_epoch() + position
+                images = batch.images.to(device, non_blocking=True)
+                if cuda and train.channels_last in ("auto", True):
+                    images = images.contiguous(memory_format=torch.channels_last)
+                batch = Batch(images, batch.labels.to(device, non_blocking=True), batch.indices)
+                last_of_accumulation = (position + 1) % train.accum_steps == 0
+                sync = nullcontext() if last_of_accumulation or dist.world == 1 else model.no_sync()
+                with sync:
+                    with autocast():
+                        out = step_fn(model, batch, micro_step)
+                    (out["loss"] / train.accum_steps).backward()
+                position += 1
+                images_seen += len(batch)
+                summed += 1
+                nonfinite |= ~torch.isfinite(out["loss"].detach())
+                for key, value in out.items():
+                    if key.startswith("loss"):
+                        sums[key] = sums.get(key, 0) + value.detach().float()
+                if not last_of_accumulation:
+                    continue
+
+                set_lr(optimizer, lr_at(step, total_steps, warmup_steps, lr, cfg.optim.min_lr))
+                if cfg.optim.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(inner.parameters(), cfg.optim.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                progress.update(1)
+
+                at_log = step % train.log_every_steps == 0 or step == total_steps
+                at_checkpoint = train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0
+                if at_log or at_checkpoint:
+                    if nonfinite.item():
+                        raise TrainingDiverged(
+                            f"loss is NaN or Inf at step {step} (epoch {epoch}); stopped. The last good checkpoint "
+                            f"is kept in {checkpoint}; try a lower optim.lr or optim.clip_grad"
+                        )
+                if at_log:
+                    elapsed = time.perf_counter() - timer
+                    last_terms = {k: v.item() / summed for k, v in sums.items()}
+                    record = {"step": step, "epoch": epoch, **last_terms, "lr": optimizer.param_groups[0]["lr"]}
+                    record["images_per_s"] = images_seen * dist.world / max(elapsed, 1e-9)
+                    log.write(record)
+                    progress.set_postfix(
+                        loss=f"{last_terms.get('loss', math.nan):.4f}", img_s=f"{record['images_per_s']:.0f}"
+                    )
+                    sums, summed, timer, images_seen = {}, 0, time.perf_counter(), 0
+                if at_checkpoint:
+                    save()
+
+            skipped_total = all_sum(len(epoch_skipped), dist)
+            if skipped_total and dist.main:
+                tqdm.write(f"epoch {epoch}: {int(skipped_total)} unreadable image(s) skipped, e.g. {epoch_skipped[:3]}")
+            unreadable += epoch_skipped
+            epoch, position = epoch + 1, 0
+            if nonfinite.item():
+                raise TrainingDiverged(
+                    f"loss is NaN or Inf in epoch {epoch - 1}; the last good checkpoint is kept in {checkpoint}"
+                )
+            save()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, inner)
+    finally:
+        progress.close()
+        log.close()
+    return {"steps": step, "epochs": epoch, "final": last_terms, "unreadable": unreadable}
