@@ -30,6 +30,22 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from mixmask.config import load_config
+    from mixmask.engine.run_dir import resume_config
+    from mixmask.tasks.pretrain import pretrain
+
+    path, overrides = _config_and_overrides(args.args)
+    if args.resume:
+        if path:
+            raise SystemExit("error: with --resume the run's own config.yaml is used; give only key=value overrides")
+        cfg = resume_config(args.resume, overrides)
+    else:
+        cfg = load_config(path, overrides)
+    pretrain(cfg, out=args.out, resume=args.resume)
+    return 0
+
+
 def cmd_data_shapesx(args: argparse.Namespace) -> int:
     from mixmask.data.shapesx import export_shapesx
 
@@ -103,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     config.set_defaults(func=cmd_config)
 
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="A2MIM pretraining with free or mixed masking (one GPU, CPU, or many through torchrun)",
+        description="Arguments: CONFIG.yaml [key.sub=value ...]. Writes one run folder and prints where it went.",
+    )
+    pretrain.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    pretrain.add_argument("--out", default=None, help="run folder (default: train.out_dir/train.name)")
+    pretrain.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run where it stopped")
+    pretrain.set_defaults(func=cmd_pretrain)
+
     data = commands.add_parser("data", help="make, build and check data sets")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
 
@@ -166,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as error:
         from mixmask.data.common import DataError
+        from mixmask.engine.trainer import TrainingDiverged
 
-        if not isinstance(error, DataError):
+        if not isinstance(error, (DataError, TrainingDiverged, FileExistsError, FileNotFoundError)):
             raise
         print(f"mixmask: error: {error}", file=sys.stderr)
         return 2

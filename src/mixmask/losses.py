@@ -69,7 +69,8 @@ def masked_spatial_loss(
         loss = F.mse_loss(pred, target, reduction="none")
     elif kind == "focal_l1":
         error = (pred - target).abs()
-        loss = error * (2 * torch.sigmoid(focal_alpha * error) - 1) ** focal_gamma
+        focus = 2 * torch.sigmoid(focal_alpha * error) - 1
+        loss = error * (focus if focal_gamma == 1 else focus**focal_gamma)  # skip pow: elementwise ops dominate on CPU
     else:
         raise ValueError(f"unknown spatial loss {kind!r}; expected l1, focal_l1 or l2")
     weight = mask[:, None].to(loss.dtype)

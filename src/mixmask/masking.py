@@ -191,7 +191,13 @@ class MixedMasker:
     def __call__(
         self, step: int, batch_size: int, image_size: int, generator: torch.Generator | None = None, device=None
     ) -> MaskBatch:
-        choice = self.choose(step, batch_size)  # on the CPU: grouping images by strategy needs no device sync
+        return self.masks_for(self.choose(step, batch_size), image_size, generator, device)
+
+    def masks_for(
+        self, choice: torch.Tensor, image_size: int, generator: torch.Generator | None = None, device=None
+    ) -> MaskBatch:
+        """Masks for images whose strategies are given (``choice``, on the CPU: grouping needs no device sync)."""
+        batch_size = len(choice)
         if generator is not None:
             device = generator.device
         pixels = torch.zeros(batch_size, image_size, image_size, dtype=torch.bool, device=device)

@@ -1,0 +1,123 @@
+"""Time of one A2MIM pretraining step divided by one plain supervised step of the same backbone, input and batch.
+
+    python benchmarks/pretrain_step.py                       # resnet_tiny at 64 px on the CPU (and CUDA if present)
+    python benchmarks/pretrain_step.py --backbone resnet50 --size 224 --batch 256 --device cuda
+
+Both steps are forward + backward + AdamW; the A2MIM step also draws masks on the device, fills, adds the token and
+computes the spatial + focal frequency loss. Steps alternate between the two so that drifts in machine speed hit both
+alike; the median of each is reported. Target: ratio <= 1.25.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from mixmask.config import load_config
+from mixmask.engine.optim import build_optimizer
+from mixmask.tasks.pretrain import build_a2mim
+
+
+def timed(step, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure(backbone: str, size: int, batch: int, patch: int, device: torch.device, steps: int, warmup: int) -> dict:
+    cfg = load_config(
+        None,
+        [f"model.backbone={backbone}", f"data.image_size={size}", f"masking.strategies=[{{patch_size: {patch}}}]"],
+    )
+    cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+
+    mim, masker = build_a2mim(cfg)
+    mim.to(device, memory_format=memory_format).train()
+    mim_opt = build_optimizer(mim, cfg.optim, cfg.optim.lr, fused=cuda)
+
+    backbone_only = build_a2mim(cfg)[0].backbone
+    head = nn.Linear(backbone_only.channels[-1], 100)
+    classifier = nn.Sequential(backbone_only, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    classifier.to(device, memory_format=memory_format).train()
+    sup_opt = build_optimizer(classifier, cfg.optim, cfg.optim.lr, fused=cuda)
+
+    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, 100, (batch,), device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    counter = iter(range(10**9))
+
+    def mim_step():
+        masks = masker(next(counter), batch, size, generator=generator)
+        with autocast:
+            loss = mim(images, masks)["loss"]
+        loss.backward()
+        mim_opt.step()
+        mim_opt.zero_grad(set_to_none=True)
+
+    def supervised_step():
+        with autocast:
+            loss = nn.functional.cross_entropy(classifier(images), labels)
+        loss.backward()
+        sup_opt.step()
+        sup_opt.zero_grad(set_to_none=True)
+
+    mim_times, sup_times = [], []
+    for i in range(warmup + steps):
+        a, b = timed(mim_step, device), timed(supervised_step, device)
+        if i >= warmup:
+            mim_times.append(a)
+            sup_times.append(b)
+    mim_t, sup_t = statistics.median(mim_times), statistics.median(sup_times)
+    return {
+        "backbone": backbone,
+        "size": size,
+        "batch": batch,
+        "device": str(device)
+        + (f" ({torch.cuda.get_device_name()})" if cuda else f" ({torch.get_num_threads()} threads)"),
+        "a2mim_s": mim_t,
+        "supervised_s": sup_t,
+        "ratio": mim_t / sup_t,
+        "a2mim_img_s": batch / mim_t,
+        "supervised_img_s": batch / sup_t,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default=None)
+    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--patch", type=int, default=None)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda when present)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+
+    runs = []
+    if args.device in (None, "cpu"):
+        runs.append(("cpu", args.backbone or "resnet_tiny", args.size or 64, args.batch or 64, args.patch or 8))
+    if args.device == "cuda" or (args.device is None and torch.cuda.is_available()):
+        runs.append(("cuda", args.backbone or "resnet50", args.size or 224, args.batch or 256, args.patch or 32))
+    print(
+        f"{'device':<32} {'backbone':<12} {'size':>4} {'batch':>5} {'A2MIM s':>8} {'sup. s':>8} {'ratio':>6} {'A2MIM img/s':>11}"
+    )
+    for device, backbone, size, batch, patch in runs:
+        r = measure(backbone, size, batch, patch, torch.device(device), args.steps, args.warmup)
+        print(
+            f"{r['device']:<32} {backbone:<12} {size:>4} {batch:>5} {r['a2mim_s']:>8.4f} {r['supervised_s']:>8.4f} "
+            f"{r['ratio']:>6.3f} {r['a2mim_img_s']:>11.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""``mixmask pretrain``: A2MIM pretraining of a CNN with free or mixed masking, into one run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixmask.config import Config, save_config
+from mixmask.data import build_dataset
+from mixmask.data.transforms import eval_transform, pretrain_transform
+from mixmask.engine import distributed
+from mixmask.engine.run_dir import new_run_dir, write_json
+from mixmask.engine.trainer import fit
+from mixmask.evaluation.reconstruction import reconstruct, save_reconstruction_figure
+from mixmask.masking import MixedMasker
+from mixmask.models.a2mim import A2MIM
+from mixmask.models.backbone import Backbone
+
+
+def build_a2mim(cfg: Config) -> tuple[A2MIM, MixedMasker]:
+    """The model and its masker; fails on a patch/stage pairing the backbone cannot mask exactly."""
+    backbone = Backbone(cfg.model.backbone)
+    masker = MixedMasker.from_config(cfg.masking, backbone.strides, seed=cfg.train.seed)
+    model = A2MIM(
+        backbone,
+        masker.stages,
+        cfg.loss,
+        fill=cfg.masking.fill,
+        token_mode=cfg.model.token_mode,
+        gamma_init=cfg.model.token_gamma_init,
+        decoder=cfg.model.decoder,
+    )
+    return model, masker
+
+
+def reconstruction_images(cfg: Config, count: int = 8) -> torch.Tensor:
+    """A fixed set of validation images (the same for every run of a data set) for figures and PSNR."""
+    data = cfg.data
+    dataset = build_dataset(data, "val", eval_transform(data.image_size, data.crop_pct, data.mean, data.std))
+    step = max(1, len(dataset) // count)
+    return torch.stack([dataset[i * step][0] for i in range(min(count, len(dataset)))])
+
+
+def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None) -> Path:
+    """Train, checkpoint, and write reconstructions and ``results.json``; returns the run folder."""
+    dist = distributed.setup(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)  # the same config gives the same initial weights (and, on the CPU, final ones)
+    model, masker = build_a2mim(cfg)  # before any data is read: a bad pairing fails at once
+    data = cfg.data
+    dataset = build_dataset(
+        data,
+        "train",
+        pretrain_transform(data.image_size, tuple(data.pretrain_scale), hflip=data.hflip, mean=data.mean, std=data.std),
+    )
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
+        run_dir = Path(distributed.broadcast_text(str(new_run_dir(cfg, "pretrain", out)) if dist.main else "", dist))
+    if dist.main:
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"run folder: {run_dir}")
+    shown = reconstruction_images(cfg).to(dist.device) if dist.main else None
+
+    def step_fn(net: torch.nn.Module, batch, micro_step: int) -> dict[str, torch.Tensor]:
+        # masks differ per rank and step but are the same after a resume; the strategy choice is rank-independent
+        generator = torch.Generator(device=dist.device).manual_seed(
+            (cfg.train.seed * 1_000_003 + micro_step) * 1_009 + dist.rank
+        )
+        masks = masker(micro_step, len(batch), data.image_size, generator=generator)
+        return net(batch.images, masks)
+
+    recon: list[dict[str, Any]] = []
+
+    def on_epoch_end(epoch: int, inner: torch.nn.Module) -> None:
+        every = cfg.train.reconstruction_every_epochs
+        if not dist.main or not (epoch == cfg.train.epochs or (every and epoch % every == 0)):
+            return
+        recon.clear()
+        for result in reconstruct(inner, masker, shown, data.mean, data.std, seed=cfg.train.seed):
+            name = f"epoch{epoch:03d}_p{result['patch_size']}_r{result['ratio']}_s{result['stage']}.png"
+            save_reconstruction_figure(result, run_dir / "reconstructions" / name)
+            recon.append({k: v for k, v in result.items() if k != "rows"} | {"figure": f"reconstructions/{name}"})
+
+    try:
+        summary = fit(cfg, run_dir, model, dataset, step_fn, dist, on_epoch_end, description="pretrain")
+        if dist.main:
+            results = {
+                "task": "pretrain",
+                "steps": summary["steps"],
+                "epochs": summary["epochs"],
+                "final_loss": summary["final"],
+                "reconstruction": recon,
+                "unreadable_images": summary["unreadable"],
+            }
+            write_json(run_dir / "results.json", results)
+            print(f"done: {run_dir / 'results.json'}")
+    finally:
+        distributed.cleanup()
+    return run_dir
