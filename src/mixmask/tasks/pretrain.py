@@ -40,7 +40,8 @@ def reconstruction_images(cfg: Config, count: int = 8) -> torch.Tensor:
     data = cfg.data
     dataset = build_dataset(data, "val", eval_transform(data.image_size, data.crop_pct, data.mean, data.std))
     step = max(1, len(dataset) // count)
-    return torch.stack([dataset[i * step][0] for i in range(min(count, len(dataset)))])
+    # spread over the set, and off any period of the class order (class folders are sorted, ShapesX cycles)
+    return torch.stack([dataset[(i * step + i) % len(dataset)][0] for i in range(min(count, len(dataset)))])
 
 
 def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None) -> Path:
