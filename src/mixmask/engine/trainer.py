@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -245,7 +246,10 @@ def fit(
 
             skipped_total = all_sum(len(epoch_skipped), dist)
             if skipped_total and dist.main:
-                tqdm.write(f"epoch {epoch}: {int(skipped_total)} unreadable image(s) skipped, e.g. {epoch_skipped[:3]}")
+                tqdm.write(
+                    f"epoch {epoch}: {int(skipped_total)} unreadable image(s) skipped, e.g. {epoch_skipped[:3]}",
+                    file=sys.stderr,
+                )
             unreadable += epoch_skipped
             epoch, position = epoch + 1, 0
             if nonfinite.item():
