@@ -1,0 +1,113 @@
+"""Cue-conflict shape bias (Geirhos et al. 2019): on images whose shape says one class and whose colour and texture
+say another, how often a model that picks either cue picks the shape.
+
+Predictions that match neither cue are left out of the ratio (but reported as ``shape_or_texture_fraction``), as in
+Geirhos et al.; per-class numbers are grouped by the shape class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mixmask.data.common import collate
+
+
+def _labels(values, name: str, n_classes: int) -> np.ndarray:
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    array = array.reshape(-1) if array.ndim else array.reshape(1)
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(array == np.round(array)):
+            raise ValueError(f"{name} must be integer class indices, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    bad = (array < 0) | (array >= n_classes)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{name}[{first}] = {int(array[first])} is not a class index (there are {n_classes} classes, 0..{n_classes - 1})"
+        )
+    return array
+
+
+def _ratio(shape: int, texture: int) -> float | None:
+    return shape / (shape + texture) if shape + texture else None
+
+
+def shape_bias(
+    predictions: Sequence[int] | torch.Tensor,
+    shape_labels: Sequence[int] | torch.Tensor,
+    texture_labels: Sequence[int] | torch.Tensor,
+    class_names: Sequence[str],
+) -> dict:
+    """shape_bias = shape decisions / (shape + texture decisions), overall and per shape class. JSON-ready: a ratio
+    with no shape-or-texture decision behind it is None."""
+    n_classes = len(class_names)
+    if n_classes < 2:
+        raise ValueError(f"shape bias needs at least 2 classes, got {n_classes}")
+    predictions = _labels(predictions, "predictions", n_classes)
+    shape = _labels(shape_labels, "shape_labels", n_classes)
+    texture = _labels(texture_labels, "texture_labels", n_classes)
+    if not len(predictions) == len(shape) == len(texture):
+        raise ValueError(
+            f"predictions, shape_labels and texture_labels must have the same length, got "
+            f"{len(predictions)}, {len(shape)} and {len(texture)}"
+        )
+    if len(predictions) == 0:
+        raise ValueError("shape bias needs at least one cue-conflict image")
+    same = shape == texture
+    if same.any():
+        first = int(np.flatnonzero(same)[0])
+        raise ValueError(
+            f"image {first} has shape and texture label {int(shape[first])}: cue-conflict images need different cues"
+        )
+    is_shape = predictions == shape
+    is_texture = predictions == texture
+    per_class = {}
+    for c, name in enumerate(class_names):
+        in_class = shape == c
+        s, t = int(is_shape[in_class].sum()), int(is_texture[in_class].sum())
+        per_class[str(name)] = {"shape_bias": _ratio(s, t), "shape": s, "texture": t, "images": int(in_class.sum())}
+    s, t, n = int(is_shape.sum()), int(is_texture.sum()), len(predictions)
+    return {
+        "shape_bias": _ratio(s, t),
+        "shape_decisions": s,
+        "texture_decisions": t,
+        "images": n,
+        "shape_or_texture_fraction": (s + t) / n,
+        "per_class": per_class,
+    }
+
+
+@torch.no_grad()
+def cue_conflict_predictions(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> tuple[list[int], list[int], list[int]]:
+    """Top-1 predictions, shape labels and texture labels on a cue-conflict split: ``dataset`` yields
+    ``(image tensor, label, index)`` items (ShapesX("cue_conflict", transform=...)) and ``dataset.annotation(i)`` has
+    ``shape`` and ``texture``. ``classify(images)`` returns logits; put the model in eval mode first. Unreadable
+    images are skipped (they appear in none of the lists)."""
+    if not hasattr(dataset, "annotation"):
+        raise ValueError("the cue-conflict dataset must have annotation(i) giving 'shape' and 'texture'")
+    first = dataset[0]
+    if isinstance(first, tuple) and not isinstance(first[0], torch.Tensor):
+        raise ValueError("cue-conflict images must be tensors: give the dataset a transform (e.g. eval_transform)")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    predictions: list[int] = []
+    shapes: list[int] = []
+    textures: list[int] = []
+    for batch in loader:
+        if len(batch) == 0:
+            continue
+        predictions.extend(classify(batch.images.to(device)).argmax(dim=1).cpu().tolist())
+        for index in batch.indices.tolist():
+            annotation = dataset.annotation(index)
+            shapes.append(int(annotation["shape"]))
+            textures.append(int(annotation["texture"]))
+    return predictions, shapes, textures
