@@ -12,8 +12,9 @@ def test_version_and_help_list_only_working_commands(capsys):
     assert result.stdout.strip() == f"mixmask {__version__}"
     assert main([]) == 0
     text = capsys.readouterr().out
-    assert "config" in text and "data" in text and "pretrain" in text
-    for later in ("finetune", "evaluate", "sweep", "report", "demo"):
+    for command in ("config", "data", "pretrain", "finetune", "evaluate", "export"):
+        assert f"    {command} " in text
+    for later in ("sweep", "report", "demo"):
         assert later not in text
 
 

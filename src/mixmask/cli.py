@@ -30,19 +30,53 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace):
+    """The config of a training command: CONFIG + overrides, or with --resume the run's own config + overrides."""
     from mixmask.config import load_config
     from mixmask.engine.run_dir import resume_config
-    from mixmask.tasks.pretrain import pretrain
 
     path, overrides = _config_and_overrides(args.args)
     if args.resume:
         if path:
             raise SystemExit("error: with --resume the run's own config.yaml is used; give only key=value overrides")
-        cfg = resume_config(args.resume, overrides)
-    else:
-        cfg = load_config(path, overrides)
-    pretrain(cfg, out=args.out, resume=args.resume)
+        return resume_config(args.resume, overrides)
+    return load_config(path, overrides)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from mixmask.tasks.pretrain import pretrain
+
+    pretrain(_run_config(args), out=args.out, resume=args.resume)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from mixmask.tasks.finetune import finetune
+
+    finetune(_run_config(args), out=args.out, resume=args.resume)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mixmask.tasks.evaluate import evaluate, evaluation_config
+
+    runs = [a for a in args.args if "=" not in a and Path(a).is_dir()]
+    rest = [a for a in args.args if a not in runs]
+    if len(runs) > 1:
+        raise SystemExit(f"error: give one run folder, got {runs}")
+    path, overrides = _config_and_overrides(rest)
+    evaluate(evaluation_config(runs[0] if runs else None, path, overrides), out=args.out)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mixmask.tasks.export import export
+
+    info = export(args.run_dir, args.out)
+    print(
+        f"{info['tensors']} tensors of {info['backbone']} ({info['task']} run, {info['num_classes']} classes) -> {args.out}"
+    )
+    print(f"load with timm:\n  {info['timm']}")
     return 0
 
 
@@ -119,15 +153,44 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("args", nargs="*", metavar="CONFIG|key=value")
     config.set_defaults(func=cmd_config)
 
-    pretrain = commands.add_parser(
+    def training_command(name: str, help_text: str, func) -> None:
+        command = commands.add_parser(
+            name,
+            help=help_text,
+            description="Arguments: CONFIG.yaml [key.sub=value ...]. Writes one run folder and prints where it went.",
+        )
+        command.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+        command.add_argument("--out", default=None, help="run folder (default: train.out_dir/train.name)")
+        command.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run where it stopped")
+        command.set_defaults(func=func)
+
+    training_command(
         "pretrain",
-        help="A2MIM pretraining with free or mixed masking (one GPU, CPU, or many through torchrun)",
-        description="Arguments: CONFIG.yaml [key.sub=value ...]. Writes one run folder and prints where it went.",
+        "A2MIM pretraining with free or mixed masking (one GPU, CPU, or many through torchrun)",
+        cmd_pretrain,
     )
-    pretrain.add_argument("args", nargs="*", metavar="CONFIG|key=value")
-    pretrain.add_argument("--out", default=None, help="run folder (default: train.out_dir/train.name)")
-    pretrain.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run where it stopped")
-    pretrain.set_defaults(func=cmd_pretrain)
+    training_command(
+        "finetune",
+        "train a classifier from a pretraining run, a weights file or scratch (or linear / kNN probe)",
+        cmd_finetune,
+    )
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="accuracy, ImageNet-X factors, occlusion, CKA invariance, shape bias, reconstructions of a run",
+        description="Arguments: RUN_DIR [CONFIG.yaml] [key.sub=value ...] (or a CONFIG that sets eval.run). The run's "
+        "own config is the base; CONFIG and overrides change it (e.g. eval.cka=false). Writes results.json and plots.",
+    )
+    evaluate.add_argument("args", nargs="*", metavar="RUN_DIR|CONFIG|key=value")
+    evaluate.add_argument("--out", default=None, help="output folder (default: RUN_DIR/evaluation)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    export = commands.add_parser(
+        "export", help="write a run's network as a safetensors file that timm.create_model loads"
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--out", required=True, help="FILE.safetensors")
+    export.set_defaults(func=cmd_export)
 
     data = commands.add_parser("data", help="make, build and check data sets")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -193,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         from mixmask.data.common import DataError
         from mixmask.engine.trainer import TrainingDiverged
+        from mixmask.evaluation.imagenet_x import PredictionError
 
-        if not isinstance(error, (DataError, TrainingDiverged, FileExistsError, FileNotFoundError)):
+        if not isinstance(error, (DataError, TrainingDiverged, PredictionError, FileExistsError, FileNotFoundError)):
             raise
         print(f"mixmask: error: {error}", file=sys.stderr)
         return 2

@@ -244,10 +244,37 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Which evaluations run after finetuning; each is optional and saved with its settings in results.json."""
+class FinetuneConfig:
+    """Supervised training of a classifier on the backbone: full finetuning, a linear probe or a kNN classifier.
 
+    ``init`` is where the backbone's weights come from: empty for random initialisation, a pretraining run folder
+    (its last checkpoint), or a weights file (``mixmask export`` output, timm or torchvision ResNet weights as
+    ``.safetensors`` or ``.pth``). The classifier head always starts fresh.
+    """
+
+    init: str = ""
+    probe: Literal["none", "linear", "knn"] = "none"  # none: finetune everything; linear: frozen backbone
+    label_smoothing: float = 0.0
+    layer_decay: float = 1.0  # < 1: stage k learns at lr * layer_decay ** (depth - k); 1: off
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+
+    def check(self, where: str) -> None:
+        _require(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", self.label_smoothing, "a number in [0, 1)")
+        _require(0 < self.layer_decay <= 1, f"{where}.layer_decay", self.layer_decay, "a number in (0, 1]")
+        _require(self.knn_k >= 1, f"{where}.knn_k", self.knn_k, "an integer >= 1")
+        _require(self.knn_temperature > 0, f"{where}.knn_temperature", self.knn_temperature, "a positive number")
+
+
+@dataclass
+class EvalConfig:
+    """Which evaluations ``mixmask evaluate`` runs on a finetuned run; each is optional and saved with its settings
+    in results.json. On ShapesX, factors are scored on the test split and shape bias on the cue-conflict split;
+    accuracy, occlusion and CKA use the validation split."""
+
+    run: str = ""  # the run folder to evaluate (``mixmask evaluate RUN_DIR`` sets it)
     batch_size: int = 256
+    max_images: int = 0  # evaluate on the first N validation images only (0: all); for quick looks
     topk: list[int] = field(default_factory=lambda: [1, 5])
     imagenet_x: bool = True
     which_factor: Literal["top", "multi"] = "top"
@@ -255,8 +282,11 @@ class EvalConfig:
     occlusion: bool = True
     occlusion_ratios: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(10)])
     occlusion_patch: int = 16  # pixels at 224 px, scaled with the input size
-    occlusion_fill: Literal["zero", "mean"] = "zero"
+    occlusion_fill: Literal["zero", "mean"] = "zero"  # zero: black pixels; mean: the image's mean colour
+    min_factor_images: int = 30  # factors with fewer images are flagged as too thin to read
+    seed: int = 0  # occlusion masks depend on (seed, image index) only: every model sees the same occlusions
     cka: bool = True
+    cka_images: int = 1000
     cka_debiased: bool = False
     shape_bias: bool = True
     reconstruction: bool = True
@@ -271,6 +301,9 @@ class EvalConfig:
             "fractions in [0, 1)",
         )
         _require(self.occlusion_patch >= 1, f"{where}.occlusion_patch", self.occlusion_patch, "an integer >= 1")
+        for name in ("max_images", "min_factor_images"):
+            _require(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "an integer >= 0")
+        _require(self.cka_images >= 4, f"{where}.cka_images", self.cka_images, "an integer >= 4")
 
 
 @dataclass
@@ -281,6 +314,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self) -> None:
@@ -446,9 +480,12 @@ def _list_index(items: list, part: str, where: str) -> int:
     return int(part)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then overrides; validated before it is returned."""
-    data = to_dict(Config())
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> Config:
+    """Defaults (or ``base``, e.g. a run's saved config), then the YAML file (if any), then overrides; validated
+    before it is returned."""
+    data = _merge(to_dict(Config()), base or {})
     if path is not None:
         data = _merge(data, read_yaml(path))
     for override in overrides:

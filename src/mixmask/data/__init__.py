@@ -9,13 +9,22 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from mixmask.config import DataConfig
 from mixmask.data.common import Batch, DataError, Unreadable, collate
 
-__all__ = ["Batch", "DataError", "Unreadable", "build_dataset", "check_dataset", "collate", "resolve_num_workers"]
+__all__ = [
+    "Batch",
+    "DataError",
+    "Unreadable",
+    "build_dataset",
+    "check_dataset",
+    "collate",
+    "eval_loader",
+    "resolve_num_workers",
+]
 
 SPLITS = ("train", "val", "test", "cue_conflict")
 
@@ -78,3 +87,18 @@ def check_dataset(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
             "unreadable": [{"path": u.path, "error": u.error} for u in unreadable],
         }
     return report
+
+
+def eval_loader(dataset: Dataset, cfg: DataConfig, batch_size: int, max_images: int = 0) -> DataLoader:
+    """In-order batches for evaluation. ``max_images`` > 0 keeps that many images spread evenly over the data set
+    (class folders are sorted by class, so the first N would cover only the first classes)."""
+    if 0 < max_images < len(dataset):
+        step = len(dataset) / max_images
+        dataset = Subset(dataset, [int(i * step) for i in range(max_images)])  # items keep their own dataset index
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=resolve_num_workers(cfg.num_workers),
+        collate_fn=collate,
+    )

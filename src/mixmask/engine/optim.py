@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -10,29 +11,36 @@ from torch import nn
 from mixmask.config import OptimConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float, token_lr_scale: float) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    token_lr_scale: float,
+    lr_scale_of: Callable[[str], float] | None = None,
+) -> list[dict]:
     """No weight decay on norm weights, biases and mask tokens/gammas (every tensor with <= 1 dim, plus tokens);
-    tokens and gammas learn at ``token_lr_scale`` x lr, as in the official code."""
-    decay, no_decay, tokens = [], [], []
+    tokens and gammas learn at ``token_lr_scale`` x lr, as in the official code. ``lr_scale_of(name)`` scales the
+    rest further (layer-wise lr decay in finetuning). Frozen parameters are left out."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if "mask_tokens" in name or "mask_gammas" in name:
-            tokens.append(param)
-        elif param.ndim <= 1:
-            no_decay.append(param)
+            key = (0.0, token_lr_scale)
         else:
-            decay.append(param)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
-        {"params": tokens, "weight_decay": 0.0, "lr_scale": token_lr_scale},
-    ]
-    return [g for g in groups if g["params"]]
+            scale = lr_scale_of(name) if lr_scale_of is not None else 1.0
+            key = (0.0 if param.ndim <= 1 else weight_decay, scale)
+        groups.setdefault(key, []).append(param)
+    return [{"params": params, "weight_decay": wd, "lr_scale": scale} for (wd, scale), params in groups.items()]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, fused: bool = False) -> torch.optim.AdamW:
-    groups = param_groups(model, cfg.weight_decay, cfg.token_lr_scale)
+def build_optimizer(
+    model: nn.Module,
+    cfg: OptimConfig,
+    lr: float,
+    fused: bool = False,
+    lr_scale_of: Callable[[str], float] | None = None,
+) -> torch.optim.AdamW:
+    groups = param_groups(model, cfg.weight_decay, cfg.token_lr_scale, lr_scale_of)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 

@@ -23,7 +23,20 @@ def new_run_dir(cfg: Config, kind: str, out: str | Path | None = None) -> Path:
             f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another --out"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    from mixmask import __version__
+
+    write_json(
+        run_dir / "run.json", {"task": kind, "mixmask": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    )
     return run_dir
+
+
+def run_task(run_dir: str | Path) -> str:
+    """What made a run folder: ``pretrain`` or ``finetune``."""
+    info = Path(run_dir) / "run.json"
+    if not info.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a mixmask run folder (no run.json)")
+    return json.loads(info.read_text())["task"]
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -44,4 +57,4 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["new_run_dir", "resume_config", "save_config", "write_json"]
+__all__ = ["new_run_dir", "resume_config", "run_task", "save_config", "write_json"]

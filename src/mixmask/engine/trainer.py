@@ -140,9 +140,11 @@ def fit(
     dist: Dist,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     description: str = "train",
+    lr_scale_of: Callable[[str], float] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` with the loss from ``step_fn``; resume from ``run_dir/checkpoints/last`` when
-    it exists. Returns a summary (steps, final loss terms, unreadable images)."""
+    it exists. ``lr_scale_of(param name)`` scales learning rates per parameter (layer decay). Returns a summary
+    (steps, final loss terms, unreadable images)."""
     train = cfg.train
     device = dist.device
     cuda = device.type == "cuda"
@@ -162,7 +164,7 @@ def fit(
     total_steps = train.epochs * steps_per_epoch
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
     lr = base_lr(cfg.optim, train.batch_size * dist.world * train.accum_steps)
-    optimizer = build_optimizer(inner, cfg.optim, lr, fused=cuda)
+    optimizer = build_optimizer(inner, cfg.optim, lr, fused=cuda, lr_scale_of=lr_scale_of)
 
     checkpoint = run_dir / "checkpoints" / "last"
     step, epoch, position = 0, 0, 0

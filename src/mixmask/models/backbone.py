@@ -17,28 +17,29 @@ from torch import nn
 from mixmask._compat import timm
 from mixmask.config import ConfigError
 
+# Presets are timm entry points with overridden arguments, so exported weights load with timm alone:
+# timm.create_model("resnet18", layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), ...) is resnet_tiny.
+PRESETS: dict[str, tuple[str, dict]] = {
+    # BasicBlock ResNet, layers 1-1-1-1, channels 32-64-128-256 (1.25 M parameters): the CPU workhorse
+    "resnet_tiny": ("resnet18", {"layers": (1, 1, 1, 1), "channels": (32, 64, 128, 256)}),
+}
 
-def _resnet_tiny(**kwargs) -> nn.Module:
-    """BasicBlock ResNet, layers 1-1-1-1, channels 32-64-128-256 (1.25 M parameters): the CPU workhorse."""
-    from timm.models.resnet import BasicBlock, ResNet
 
-    return ResNet(BasicBlock, (1, 1, 1, 1), channels=(32, 64, 128, 256), **kwargs)
-
-
-PRESETS: dict[str, Callable[..., nn.Module]] = {"resnet_tiny": _resnet_tiny}
+def timm_name_and_args(name: str) -> tuple[str, dict]:
+    """The timm entry point and extra arguments that build backbone ``name``."""
+    return PRESETS.get(name, (name, {}))
 
 
 def create_timm_model(name: str, num_classes: int = 0, **kwargs) -> nn.Module:
     """A preset or any timm model, randomly initialised (weights are loaded explicitly, never fetched)."""
-    if name in PRESETS:
-        return PRESETS[name](num_classes=num_classes, **kwargs)
-    if not timm.is_model(name):
+    timm_name, preset_args = timm_name_and_args(name)
+    if not timm.is_model(timm_name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise ConfigError(
             f"config field `model.backbone`: {name!r} is not a timm model or a preset "
             f"({', '.join(PRESETS)}); similar timm names: {', '.join(close) or 'none'}"
         )
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **preset_args, **kwargs)
 
 
 class Backbone(nn.Module):

@@ -1,0 +1,107 @@
+"""A classifier for finetuning and evaluation: the backbone with timm's own head (global pool + linear), plus loading
+backbone weights from a pretraining run, an exported file, or timm / torchvision checkpoints.
+
+The whole network is one timm model (``classifier.backbone.model``), so its state dict has timm's names and an export
+is that state dict as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from mixmask._compat import timm
+from mixmask.config import ConfigError
+from mixmask.models.backbone import Backbone
+
+
+class Classifier(nn.Module):
+    """``backbone`` stage by stage, then timm's head. ``frozen=True`` is the linear probe: the backbone stays in eval
+    mode (BatchNorm statistics fixed), has no gradients, and only the head learns."""
+
+    def __init__(self, backbone: str, num_classes: int, frozen: bool = False):
+        super().__init__()
+        self.backbone = Backbone(backbone, num_classes=num_classes)
+        self.frozen = frozen
+        if frozen:
+            for name, param in self.backbone.model.named_parameters():
+                param.requires_grad = self.is_head(name)
+
+    @property
+    def timm_model(self) -> nn.Module:
+        return self.backbone.model
+
+    def is_head(self, timm_param_name: str) -> bool:
+        head = self.timm_model.pretrained_cfg.get("classifier", "fc")
+        return timm_param_name.startswith(head + ".")
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+            self.timm_model.get_classifier().train(mode)
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features before the head (kNN, linear CKA)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.timm_model.forward_head(self.backbone(x), pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.timm_model.get_classifier()(self.features(x))
+
+    def layer_of(self, param_name: str) -> int:
+        """Depth of a parameter for layer-wise lr decay: stage k -> k, the head -> number of stages."""
+        name = param_name.removeprefix("backbone.model.")
+        for k, modules in enumerate(self.backbone.stage_modules):
+            if any(name.startswith(m + ".") for m in modules):
+                return k
+        return len(self.backbone.stage_modules)
+
+    def lr_scales(self, layer_decay: float):
+        """``name -> lr scale``: stage k learns at ``layer_decay ** (depth - k)``, the head at 1."""
+        depth = len(self.backbone.stage_modules)
+        return lambda name: layer_decay ** (depth - self.layer_of(name))
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Backbone weights with timm names from a pretraining or finetuning run folder (its last checkpoint), a
+    ``mixmask export`` file, or a timm / torchvision checkpoint (``.safetensors``, or ``.pth`` read with
+    ``weights_only``: nothing is unpickled)."""
+    path = Path(path)
+    if path.is_dir():
+        weights_file = path / "checkpoints" / "last" / "model.safetensors"
+        if not weights_file.is_file():
+            raise FileNotFoundError(f"{path} has no checkpoint (looked for {weights_file})")
+        state = load_file(weights_file)
+        prefix = "backbone.model."  # A2MIM and Classifier both keep the timm model there
+        return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    return timm.models.load_state_dict(str(path))  # safetensors or weights-only torch.load; unwraps and strips module.
+
+
+def load_backbone_weights(classifier: Classifier, path: str | Path) -> dict[str, int]:
+    """Load everything but the head from ``path``; the head keeps its fresh initialisation. Fails, naming keys,
+    when the weights do not fit the backbone (another architecture, a missing stage, other shapes)."""
+    weights = read_weights(path)
+    own = {k: v for k, v in classifier.timm_model.state_dict().items() if not classifier.is_head(k)}
+    given = {k: v for k, v in weights.items() if not classifier.is_head(k)}
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    mismatched = sorted(k for k in set(own) & set(given) if own[k].shape != given[k].shape)
+    if missing or unexpected or mismatched:
+        problems = [
+            f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
+            if keys
+        ]
+        raise ConfigError(
+            f"config field `finetune.init`: weights in {path} do not fit model.backbone="
+            f"{classifier.backbone.name!r}: {'; '.join(problems)}"
+        )
+    classifier.timm_model.load_state_dict(given, strict=False)
+    return {"loaded": len(given), "head_initialised": len(classifier.timm_model.state_dict()) - len(own)}

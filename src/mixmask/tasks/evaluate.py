@@ -1,0 +1,199 @@
+"""``mixmask evaluate``: the evaluations that tell models apart beyond top-1, on a finetuned run.
+
+Every metric is switched by the ``eval`` section and saved in ``results.json`` with the settings that produced it,
+next to its plot. On ShapesX the factor table uses the test split's annotations and shape bias the cue-conflict
+split; on ImageNet(-100) class folders the factor table is ImageNet-X on the validation images. A pretraining run
+(or a finetuned run whose ``finetune.init`` is one) also gets its reconstructions scored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixmask.config import Config, ConfigError, apply_override, load_config, read_yaml, to_dict
+from mixmask.data import build_dataset, eval_loader
+from mixmask.data.transforms import eval_transform
+from mixmask.engine import distributed
+from mixmask.engine.checkpoint import load_checkpoint
+from mixmask.engine.run_dir import resume_config, run_task, write_json
+from mixmask.evaluation import imagenet_x
+from mixmask.evaluation.cka import occlusion_invariance
+from mixmask.evaluation.classification import collect, topk_accuracy
+from mixmask.evaluation.occlusion import occlusion_accuracy, patch_size_for
+from mixmask.evaluation.reconstruction import reconstruct, save_reconstruction_figure
+from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
+from mixmask.models.classifier import Classifier, read_weights
+from mixmask.report import plots
+
+WNID = re.compile(r"^n\d{8}$")
+
+
+def evaluation_config(run: str | Path | None, path: str | Path | None, overrides: list[str]) -> Config:
+    """The evaluated run's own config, then ``path`` (e.g. an eval settings file), then overrides. The run comes from
+    the argument or from ``eval.run`` in the file or overrides."""
+    user = read_yaml(path) if path else {}
+    for override in overrides:
+        user = apply_override(user, override)
+    run = run or user.get("eval", {}).get("run")
+    if not run:
+        raise ConfigError(
+            "config field `eval.run`: got ''; expected the run folder to evaluate (mixmask evaluate RUN_DIR ...)"
+        )
+    run_config = Path(run) / "config.yaml"
+    if not run_config.is_file():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
+    cfg = load_config(path, overrides, base=read_yaml(run_config))
+    cfg.eval.run = str(run)
+    return cfg
+
+
+def load_classifier(cfg: Config, run_dir: Path, device: torch.device) -> Classifier:
+    """The finetuned classifier of ``run_dir`` (its last checkpoint), in eval mode on ``device``."""
+    if cfg.finetune.probe == "knn":
+        raise ConfigError(
+            f"config field `eval.run`: {run_dir} is a kNN run; it has no trained classifier to evaluate "
+            "(finetune with finetune.probe=none or linear)"
+        )
+    weights = read_weights(run_dir)
+    head = Classifier(cfg.model.backbone, 1).timm_model.pretrained_cfg.get("classifier", "fc")
+    classifier = Classifier(cfg.model.backbone, weights[f"{head}.weight"].shape[0])
+    classifier.timm_model.load_state_dict(weights)
+    return classifier.to(device).eval()
+
+
+def factor_results(cfg: Config, classifier: Classifier, val_set, val_outputs, device) -> dict[str, Any]:
+    """ImageNet-X style factor accuracies: ShapesX test annotations, or ImageNet-X on ImageNet val file names."""
+    ev, data = cfg.eval, cfg.data
+    options = {
+        "which_factor": ev.which_factor,
+        "filter_prototypes": ev.filter_prototypes,
+        "min_count": ev.min_factor_images,
+    }
+    if data.dataset == "shapesx":
+        transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
+        test = build_dataset(data, "test", transform)
+        outputs = collect(classifier, eval_loader(test, data, ev.batch_size), device, "ShapesX test")
+        names = [test.file_name(i) for i in outputs.indices.tolist()]
+        predictions = dict(zip(names, outputs.values.argmax(1).tolist(), strict=True))
+        return imagenet_x.evaluate_annotations(predictions, imagenet_x.shapesx_rows(test), **options).to_dict()
+    classes = list(val_set.classes)
+    if not all(WNID.match(c) for c in classes):
+        return {"skipped": "the class folders are not ImageNet wnids, so ImageNet-X annotations do not apply"}
+    names = [val_set.file_name(i) for i in val_outputs.indices.tolist()]
+    predictions = dict(zip(names, val_outputs.values.argmax(1).tolist(), strict=True))
+    return imagenet_x.evaluate(predictions, wnids=classes, **options).to_dict()
+
+
+def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.device) -> list[dict[str, Any]]:
+    """Masked-pixel PSNR per strategy of a pretraining run, with its figure grids."""
+    from mixmask.tasks.pretrain import build_a2mim, reconstruction_images
+
+    cfg = resume_config(pretrain_run)
+    model, masker = build_a2mim(cfg)
+    load_checkpoint(pretrain_run / "checkpoints" / "last", model, restore_rng=False)
+    model.to(device).eval()
+    images = reconstruction_images(cfg).to(device)
+    results = []
+    for result in reconstruct(model, masker, images, cfg.data.mean, cfg.data.std, seed=cfg.train.seed):
+        name = f"p{result['patch_size']}_r{result['ratio']}_s{result['stage']}.png"
+        save_reconstruction_figure(result, out_dir / "reconstructions" / name)
+        results.append({k: v for k, v in result.items() if k != "rows"} | {"figure": f"reconstructions/{name}"})
+    return results
+
+
+def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
+    """Run the configured evaluations of ``cfg.eval.run``; write ``results.json`` and plots; return the folder."""
+    run_dir = Path(cfg.eval.run)
+    task = run_task(run_dir)
+    out_dir = Path(out) if out else run_dir / "evaluation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = distributed.setup(cfg.train.device).device
+    ev, data = cfg.eval, cfg.data
+    results: dict[str, Any] = {"task": "evaluate", "run": str(run_dir), "run_task": task, "settings": to_dict(ev)}
+    results["data"] = {"dataset": data.dataset, "root": data.root, "image_size": data.image_size}
+
+    def save() -> None:  # after every metric: a crash late in a long evaluation keeps what was measured
+        write_json(out_dir / "results.json", results)
+
+    if task == "finetune":
+        classifier = load_classifier(cfg, run_dir, device)
+        transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
+        val_set = build_dataset(data, "val", transform)
+        val_loader = eval_loader(val_set, data, ev.batch_size, ev.max_images)
+        val_outputs = collect(classifier, val_loader, device, "val")
+        results["accuracy"] = topk_accuracy(val_outputs.values, val_outputs.labels, ev.topk)
+        results["accuracy"] |= {"images": len(val_outputs.labels), "split": "val"}
+        results["unreadable_images"] = [{"path": s.path, "error": s.error} for s in val_outputs.skipped]
+        print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in results["accuracy"].items() if k.startswith("top")))
+        save()
+
+        if ev.imagenet_x:
+            results["factors"] = factor_results(cfg, classifier, val_set, val_outputs, device)
+            if "factors" in results["factors"]:
+                plots.factor_accuracy_bars(results["factors"], out_dir / "factor_accuracy.png")
+                plots.error_ratio_bars(results["factors"], out_dir / "error_ratio.png")
+                print(
+                    f"factors: average {results['factors']['average']:.4f}, worst {results['factors']['worst_factor']}"
+                )
+            else:
+                print(f"factors skipped: {results['factors']['skipped']}")
+            save()
+
+        patch = patch_size_for(data.image_size, ev.occlusion_patch)
+        occlusion = {
+            "patch_size": patch,
+            "fill": ev.occlusion_fill,
+            "mean": data.mean,
+            "std": data.std,
+            "seed": ev.seed,
+        }
+        if ev.occlusion:
+            results["occlusion"] = occlusion_accuracy(
+                classifier, val_loader, ev.occlusion_ratios, device=device, **occlusion
+            )
+            plots.occlusion_curve(results["occlusion"], out_dir / "occlusion.png")
+            save()
+
+        if ev.cka:
+            ratios = [r for r in ev.occlusion_ratios if r > 0]
+            cka_loader = eval_loader(val_set, data, ev.batch_size, min(ev.cka_images, len(val_set)))
+            results["cka"] = occlusion_invariance(
+                classifier.backbone.forward_stages,
+                cka_loader,
+                ratios,
+                debiased=ev.cka_debiased,
+                device=device,
+                **occlusion,
+            )
+            plots.cka_curves(results["cka"], out_dir / "cka.png")
+            save()
+
+        if ev.shape_bias:
+            if data.dataset == "shapesx":
+                cue_conflict = build_dataset(data, "cue_conflict", transform)
+                predicted, shapes, textures = cue_conflict_predictions(classifier, cue_conflict, ev.batch_size, device)
+                results["shape_bias"] = shape_bias(predicted, shapes, textures, cue_conflict.classes)
+                plots.shape_bias_bars(results["shape_bias"], out_dir / "shape_bias.png")
+                print(f"shape bias: {results['shape_bias']['shape_bias']:.3f}")
+            else:
+                results["shape_bias"] = {"skipped": "shape bias needs the ShapesX cue-conflict split"}
+            save()
+
+    pretrain_run = run_dir if task == "pretrain" else Path(cfg.finetune.init) if cfg.finetune.init else None
+    if (
+        ev.reconstruction
+        and pretrain_run is not None
+        and pretrain_run.is_dir()
+        and run_task(pretrain_run) == "pretrain"
+    ):
+        results["reconstruction"] = reconstruction_results(pretrain_run, out_dir, device)
+        results["reconstruction_run"] = str(pretrain_run)
+        save()
+
+    save()
+    print(f"done: {out_dir / 'results.json'}")
+    return out_dir

@@ -1,0 +1,60 @@
+"""``mixmask export``: a run's network as one safetensors file that timm loads by itself.
+
+The file holds the timm model's state dict under timm's names: the backbone of a pretraining run (no head), or
+the whole classifier of a finetuning run. Its metadata records the backbone, the timm entry point and arguments
+that build it, and the number of classes, so both ``mixmask finetune finetune.init=FILE`` and plain timm can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from mixmask.engine.run_dir import resume_config, run_task
+from mixmask.models.backbone import create_timm_model, timm_name_and_args
+from mixmask.models.classifier import read_weights
+
+
+def timm_snippet(timm_name: str, timm_args: dict, num_classes: int, file: str | Path) -> str:
+    """The one line of Python that loads the exported file with timm (strictly: every tensor must fit)."""
+    args = "".join(f", {k}={v!r}" for k, v in timm_args.items())
+    return (
+        f"timm.create_model({timm_name!r}, pretrained=True, num_classes={num_classes}{args}, "
+        f"pretrained_cfg_overlay={{'file': {str(file)!r}, 'num_classes': {num_classes}}})"
+    )
+
+
+def export(run_dir: str | Path, out: str | Path) -> dict[str, str]:
+    """Write ``out`` (atomically) and return its metadata, including the timm line that loads it."""
+    task = run_task(run_dir)
+    cfg = resume_config(run_dir)
+    weights = read_weights(run_dir)
+    timm_name, timm_args = timm_name_and_args(cfg.model.backbone)
+    head = create_timm_model(cfg.model.backbone).pretrained_cfg.get("classifier", "fc")
+    num_classes = weights[f"{head}.weight"].shape[0] if f"{head}.weight" in weights else 0
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"export writes safetensors; give a file name ending in .safetensors, not {out.name!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "format": "mixmask-timm",
+        "task": task,
+        "backbone": cfg.model.backbone,
+        "timm_name": timm_name,
+        "timm_args": json.dumps(timm_args),
+        "num_classes": str(num_classes),
+        "source": str(Path(run_dir).resolve()),
+    }
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in weights.items()}, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return metadata | {"tensors": str(len(weights)), "timm": timm_snippet(timm_name, timm_args, num_classes, out)}

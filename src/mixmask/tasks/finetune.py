@@ -1,0 +1,119 @@
+"""``mixmask finetune``: a classifier on the backbone, from a pretraining run, a weights file, or scratch.
+
+Three protocols (``finetune.probe``): ``none`` trains everything (the paper's recipe: AdamW, lr 1e-3, wd 0.05,
+cross-entropy, 15 epochs; label smoothing and layer-wise lr decay available), ``linear`` trains the head on a frozen
+backbone, ``knn`` trains nothing and classifies by a weighted vote of the nearest training images' features.
+Training goes through the same engine as pretraining: checkpoints, ``--resume``, DDP, bf16 on CUDA, logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mixmask.config import Config, save_config
+from mixmask.data import build_dataset, eval_loader
+from mixmask.data.transforms import eval_transform, finetune_transform
+from mixmask.engine import distributed
+from mixmask.engine.run_dir import new_run_dir, write_json
+from mixmask.engine.trainer import fit
+from mixmask.evaluation.classification import collect, knn_predict, topk_accuracy
+from mixmask.models.classifier import Classifier, load_backbone_weights
+
+
+def build_classifier(cfg: Config, num_classes: int) -> tuple[Classifier, dict[str, Any]]:
+    """The classifier with its backbone initialised from ``finetune.init`` (head always fresh)."""
+    classifier = Classifier(cfg.model.backbone, num_classes, frozen=cfg.finetune.probe == "linear")
+    init: dict[str, Any] = {"from": cfg.finetune.init or "scratch"}
+    if cfg.finetune.init:
+        init |= load_backbone_weights(classifier, cfg.finetune.init)
+    return classifier, init
+
+
+def validation_accuracy(classifier: Classifier, cfg: Config, device: torch.device) -> dict[str, Any]:
+    """Top-k accuracy on the validation split (evaluation transform)."""
+    data = cfg.data
+    val = build_dataset(data, "val", eval_transform(data.image_size, data.crop_pct, data.mean, data.std))
+    classifier.eval()
+    outputs = collect(classifier, eval_loader(val, data, cfg.eval.batch_size, cfg.eval.max_images), device, "val")
+    return {
+        **topk_accuracy(outputs.values, outputs.labels, cfg.eval.topk),
+        "images": len(outputs.labels),
+        "split": "val",
+        "unreadable": [{"path": s.path, "error": s.error} for s in outputs.skipped],
+    }
+
+
+def knn_accuracy(classifier: Classifier, cfg: Config, device: torch.device) -> dict[str, Any]:
+    """Weighted kNN on frozen, pooled backbone features: training images (evaluation transform) as the bank."""
+    data, ft = cfg.data, cfg.finetune
+    transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
+    train = build_dataset(data, "train", transform)
+    val = build_dataset(data, "val", transform)
+    classifier.eval()
+    bank = collect(classifier.features, eval_loader(train, data, cfg.eval.batch_size), device, "kNN bank")
+    query = collect(
+        classifier.features, eval_loader(val, data, cfg.eval.batch_size, cfg.eval.max_images), device, "val"
+    )
+    scores = knn_predict(bank.values, bank.labels, query.values, len(train.classes), ft.knn_k, ft.knn_temperature)
+    return {
+        **topk_accuracy(scores, query.labels, cfg.eval.topk),
+        "images": len(query.labels),
+        "bank_images": len(bank.labels),
+        "k": ft.knn_k,
+        "temperature": ft.knn_temperature,
+        "split": "val",
+        "unreadable": [{"path": s.path, "error": s.error} for s in bank.skipped + query.skipped],
+    }
+
+
+def finetune(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None) -> Path:
+    """Train (or, for kNN, just fit the bank), then write validation accuracy to ``results.json``."""
+    dist = distributed.setup(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    data, ft = cfg.data, cfg.finetune
+    train_set = build_dataset(
+        data,
+        "train",
+        finetune_transform(data.image_size, tuple(data.finetune_scale), hflip=data.hflip, mean=data.mean, std=data.std),
+    )
+    classifier, init = build_classifier(cfg, len(train_set.classes))  # bad weights fail before a run folder exists
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
+        run_dir = Path(distributed.broadcast_text(str(new_run_dir(cfg, "finetune", out)) if dist.main else "", dist))
+    if dist.main:
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"run folder: {run_dir}")
+
+    results: dict[str, Any] = {"task": "finetune", "probe": ft.probe, "init": init, "classes": list(train_set.classes)}
+    try:
+        if ft.probe == "knn":
+            if dist.main:
+                classifier.to(dist.device)
+                results["knn"] = knn_accuracy(classifier, cfg, dist.device)
+                results["accuracy"] = {k: v for k, v in results["knn"].items() if k.startswith("top")}
+        else:
+
+            def step_fn(net: torch.nn.Module, batch, micro_step: int) -> dict[str, torch.Tensor]:
+                logits = net(batch.images)
+                loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=ft.label_smoothing)
+                return {"loss": loss}
+
+            lr_scale_of = classifier.lr_scales(ft.layer_decay) if ft.layer_decay < 1 else None
+            summary = fit(cfg, run_dir, classifier, train_set, step_fn, dist, None, "finetune", lr_scale_of)
+            if dist.main:
+                results |= {"steps": summary["steps"], "epochs": summary["epochs"], "final_loss": summary["final"]}
+                results["unreadable_images"] = summary["unreadable"]
+                results["accuracy"] = validation_accuracy(classifier, cfg, dist.device)
+        if dist.main:
+            write_json(run_dir / "results.json", results)
+            top = ", ".join(f"{k} {v:.4f}" for k, v in results["accuracy"].items() if k.startswith("top"))
+            print(f"validation: {top}")
+            print(f"done: {run_dir / 'results.json'}")
+    finally:
+        distributed.cleanup()
+    return run_dir

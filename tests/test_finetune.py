@@ -1,0 +1,166 @@
+"""Finetuning, probes, export and evaluation end to end on ShapesX: a tiny A2MIM run, finetuned, exported, evaluated."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mixmask._compat import timm, torchvision
+from mixmask.cli import main
+from mixmask.config import ConfigError, load_config
+from mixmask.engine.optim import param_groups
+from mixmask.models.classifier import Classifier, load_backbone_weights, read_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ["data.image_size=32", "data.num_workers=0", "data.shapesx.val=300", "data.shapesx.test=340"]
+PRETRAIN = [
+    str(ROOT / "configs/pretrain/a2mim_tiny_shapesx.yaml"),
+    *DATA,
+    "data.shapesx.train=512",
+    "train.epochs=1",
+    "masking.strategies=[{patch_size: 4, ratio: 0.6}]",
+    "train.reconstruction_every_epochs=0",
+]
+FINETUNE = [str(ROOT / "configs/finetune/tiny_shapesx.yaml"), *DATA, "data.shapesx.train=1500", "train.epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One pretraining run and one finetuning run started from it."""
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["pretrain", *PRETRAIN, "--out", str(root / "pre")]) == 0
+    assert main(["finetune", *FINETUNE, f"finetune.init={root / 'pre'}", "--out", str(root / "ft")]) == 0
+    return root / "pre", root / "ft"
+
+
+def test_finetuning_from_an_a2mim_run_beats_chance_clearly(runs):
+    pre, ft = runs
+    results = json.loads((ft / "results.json").read_text())
+    assert results["init"]["from"] == str(pre)
+    backbone_tensors = len(read_weights(pre))
+    assert results["init"]["loaded"] == backbone_tensors and results["init"]["head_initialised"] == 2
+    assert results["accuracy"]["images"] == 300
+    assert results["accuracy"]["top1"] > 0.3  # 10 classes: chance is 0.1
+    assert results["accuracy"]["top5"] >= results["accuracy"]["top1"]
+    assert len(results["classes"]) == 10 and results["steps"] == 2 * (1500 // 64)
+
+
+def _exported_timm_model(run: Path, out: Path, capsys) -> torch.nn.Module:
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[-1].strip()
+    assert line.startswith("timm.create_model(")
+    return eval(line, {"timm": timm}).eval()  # exactly the line the command tells users to run
+
+
+def test_export_of_a_pretraining_run_loads_into_timm(runs, tmp_path, capsys):
+    pre, _ = runs
+    model = _exported_timm_model(pre, tmp_path / "backbone.safetensors", capsys)
+    weights = read_weights(pre)
+    assert set(model.state_dict()) == set(weights)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+
+
+def test_export_of_a_finetuned_run_gives_the_same_logits_in_timm(runs, tmp_path, capsys):
+    _, ft = runs
+    model = _exported_timm_model(ft, tmp_path / "classifier.safetensors", capsys)
+    classifier = Classifier("resnet_tiny", 10)
+    classifier.timm_model.load_state_dict(read_weights(ft))
+    images = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(model(images), classifier.eval()(images), rtol=0, atol=0)
+    # and finetuning accepts the exported file as init
+    fresh = Classifier("resnet_tiny", 3)
+    assert load_backbone_weights(fresh, tmp_path / "classifier.safetensors")["loaded"] == len(read_weights(ft)) - 2
+
+
+def test_finetune_accepts_torchvision_weights_and_refuses_other_architectures(tmp_path):
+    reference = torchvision.models.resnet18(weights=None, num_classes=1000)
+    torch.save({"state_dict": reference.state_dict()}, tmp_path / "tv.pth")
+    classifier = Classifier("resnet18", 7)
+    load_backbone_weights(classifier, tmp_path / "tv.pth")
+    for name, tensor in classifier.timm_model.state_dict().items():
+        if not name.startswith("fc."):
+            assert torch.equal(tensor, reference.state_dict()[name]), name
+    assert classifier.timm_model.fc.weight.shape == (7, 512)  # fresh head for the new classes
+
+    save_file(Classifier("resnet_tiny", 10).timm_model.state_dict(), tmp_path / "tiny.safetensors")
+    with pytest.raises(ConfigError, match=r"finetune.init.*of another shape"):
+        load_backbone_weights(Classifier("resnet18", 7), tmp_path / "tiny.safetensors")
+
+
+def test_bad_init_fails_before_a_run_folder_is_made(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["finetune", *FINETUNE, f"finetune.init={tmp_path / 'missing.safetensors'}", "--out", str(out)]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_linear_probe_trains_only_the_head(runs, tmp_path):
+    pre, _ = runs
+    out = tmp_path / "linear"
+    args = [*FINETUNE, "data.shapesx.train=256", "train.epochs=1", "finetune.probe=linear", f"finetune.init={pre}"]
+    assert main(["finetune", *args, "--out", str(out)]) == 0
+    before, after = read_weights(pre), read_weights(out)
+    for name, tensor in before.items():  # weights and BatchNorm running statistics untouched
+        assert torch.equal(after[name], tensor), name
+    assert json.loads((out / "results.json").read_text())["accuracy"]["top1"] > 0.1
+
+
+def test_knn_probe_classifies_with_frozen_features(runs, tmp_path):
+    _, ft = runs  # the finetuned backbone's features: a kNN vote should do about as well as its own head
+    out = tmp_path / "knn"
+    assert main(["finetune", *FINETUNE, "finetune.probe=knn", f"finetune.init={ft}", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["knn"]["bank_images"] == 1500 and results["knn"]["images"] == 300
+    head_top1 = json.loads((ft / "results.json").read_text())["accuracy"]["top1"]
+    assert results["accuracy"]["top1"] > max(0.3, head_top1 - 0.15)
+    assert not (out / "checkpoints").exists()
+
+
+def test_layer_decay_scales_each_stage():
+    classifier = Classifier("resnet_tiny", 10)
+    groups = param_groups(classifier, 0.05, 0.1, classifier.lr_scales(0.5))
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    model = classifier.timm_model
+    assert scale_of[id(model.fc.weight)] == 1.0
+    assert scale_of[id(model.layer4[0].conv1.weight)] == 0.5
+    assert scale_of[id(model.layer1[0].conv1.weight)] == 0.5**4
+    assert scale_of[id(model.conv1.weight)] == scale_of[id(model.bn1.bias)] == 0.5**5
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert decay_of[id(model.bn1.bias)] == 0.0 and decay_of[id(model.conv1.weight)] == 0.05
+
+
+def test_evaluate_writes_every_metric_with_its_settings_and_plots(runs, tmp_path, capsys):
+    pre, ft = runs
+    out = tmp_path / "eval"
+    args = ["evaluate", str(ft), "eval.cka_images=64", "data.shapesx.cue_conflict=100", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["occlusion_patch"] == 16 and results["run_task"] == "finetune"
+    finetune_results = json.loads((ft / "results.json").read_text())
+    assert results["accuracy"]["top1"] == pytest.approx(finetune_results["accuracy"]["top1"])
+    occlusion = results["occlusion"]
+    assert occlusion["ratios"][0] == 0 and occlusion["accuracy"][0] == pytest.approx(results["accuracy"]["top1"])
+    assert occlusion["patch_size"] == 2  # 16 px at 224 scaled to 32 px
+    factors = results["factors"]
+    assert factors["images"] == 320 and set(factors["factors"]) >= {"texture", "shape", "pose"}
+    assert all(f["count"] == 20 for f in factors["factors"].values())  # 340 test images: 20 per top factor
+    assert all(f["thin"] for f in factors["factors"].values())  # fewer than 30 images each
+    assert set(results["cka"]["stages"]) == {"0", "1", "2", "3", "4"}
+    assert len(results["cka"]["stages"]["4"]) == 9 and results["cka"]["images"] == 64
+    bias = results["shape_bias"]
+    assert 0 <= bias["shape_bias"] <= 1 and bias["images"] == 100
+    assert results["reconstruction_run"] == str(pre) and results["reconstruction"][0]["patch_size"] == 4
+    for plot in ("factor_accuracy", "error_ratio", "occlusion", "cka", "shape_bias"):
+        assert (out / f"{plot}.png").stat().st_size > 1000
+    assert (out / results["reconstruction"][0]["figure"]).is_file()
+    assert load_config(ft / "config.yaml").eval.run == ""  # the run's own config is left alone
+
+
+def test_evaluate_refuses_what_it_cannot_evaluate(runs, tmp_path, capsys):
+    assert main(["evaluate", "eval.cka=false"]) == 2
+    assert "eval.run" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
