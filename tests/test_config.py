@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
 from mixmask.config import Config, ConfigError, apply_override, load_config, save_config, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def error_of(overrides, path=None) -> str:
@@ -96,3 +100,9 @@ def test_override_does_not_mutate_input():
     data = to_dict(Config())
     apply_override(data, "train.epochs=1")
     assert data["train"]["epochs"] == 20
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path, ["data.root=/data"] if "root:" not in path.read_text() else [])
+    assert cfg.train.epochs >= 1

@@ -164,3 +164,44 @@ def test_evaluate_refuses_what_it_cannot_evaluate(runs, tmp_path, capsys):
     assert "eval.run" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_evaluate_scores_imagenet_class_folders_with_imagenet_x(tmp_path, capsys):
+    """A tiny ImageNet-like tree (3 wnids, real val file names): predictions are joined on file name and mapped to
+    ImageNet-1k classes through the wnids; the factor table equals imagenet_x.evaluate on the saved predictions."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from mixmask.evaluation import imagenet_x
+
+    wnids = imagenet_x.imagenet_wnids()
+    chosen = [wnids[1], wnids[7], wnids[42]]
+    with (imagenet_x.annotation_dir() / "filename_label.csv").open() as handle:
+        val_names = {w: [] for w in chosen}
+        for row in csv.DictReader(handle):
+            wnid = wnids[int(row["label"])]
+            if wnid in val_names and len(val_names[wnid]) < 12:
+                val_names[wnid].append(row["file_name"])
+    rng = np.random.default_rng(0)
+    for split, names_of in (("train", {w: [f"{w}_{i}.JPEG" for i in range(16)] for w in chosen}), ("val", val_names)):
+        for wnid, names in names_of.items():
+            (tmp_path / "in" / split / wnid).mkdir(parents=True)
+            for name in names:
+                pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "in" / split / wnid / name, format="JPEG")
+    data = ["data.dataset=folder", f"data.root={tmp_path / 'in'}", "data.image_size=32", "data.num_workers=0"]
+    run = tmp_path / "ft"
+    args = [*data, "model.backbone=resnet_tiny", "train.epochs=1", "train.batch_size=8"]
+    assert main(["finetune", *args, "--out", str(run)]) == 0
+    assert main(["evaluate", str(run), "eval.cka=false", "eval.occlusion=false"]) == 0
+    out = run / "evaluation"
+    results = json.loads((out / "results.json").read_text())
+    assert results["shape_bias"] == {"skipped": "shape bias needs the ShapesX cue-conflict split"}
+    with (out / "val_predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 36 and {r["label_name"] for r in rows} == set(chosen)
+    expected = imagenet_x.evaluate({r["file_name"]: int(r["prediction"]) for r in rows}, wnids=sorted(chosen))
+    assert results["factors"] == json.loads(json.dumps(expected.to_dict()))
+    assert results["factors"]["settings"]["classes"] == 3 and 0 < results["factors"]["images"] <= 36

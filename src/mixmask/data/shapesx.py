@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from mixmask.evaluation.imagenet_x import FACTORS  # the 16 ImageNet-X factors, in the package's order
+
 # class: (canonical colour, canonical texture); the index in this table is the label. Circles and rings get
 # oriented textures so that their rotation (the pose factor) stays visible; the solid fill and the
 # rotation-free rings texture go to shapes without rotational symmetry.
@@ -42,24 +44,6 @@ _CANONICAL = {
 CLASSES: tuple[str, ...] = tuple(_CANONICAL)
 CANONICAL_COLOUR: tuple[str, ...] = tuple(colour for colour, _ in _CANONICAL.values())
 CANONICAL_TEXTURE: tuple[str, ...] = tuple(texture for _, texture in _CANONICAL.values())
-FACTORS: tuple[str, ...] = (
-    "pose",
-    "background",
-    "pattern",
-    "color",
-    "smaller",
-    "shape",
-    "partial_view",
-    "subcategory",
-    "texture",
-    "larger",
-    "darker",
-    "object_blocking",
-    "person_blocking",
-    "style",
-    "brighter",
-    "multiple_objects",
-)
 SPLITS = ("train", "test", "cue_conflict")  # the exported splits
 # ShapesX also has a "val" split: held-out images of the train distribution (own random stream), for model selection.
 _SPLIT_IDS = {"train": 0, "val": 3, "test": 1, "cue_conflict": 2}  # seeds the random streams

@@ -15,14 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from mixmask.data.common import Batch
-from mixmask.evaluation.occlusion import (
-    cell_grid,
-    cell_ranks,
-    check_occlusion_args,
-    dropped_cells,
-    masks_from_ranks,
-    occlude,
-)
+from mixmask.evaluation.occlusion import check_occlusion_args, map_over_ratios
 
 
 def _as_matrix(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -139,6 +132,10 @@ def occlusion_invariance(
     occluded: list[list[list[torch.Tensor]]] = []  # ratio -> stage -> batches
     meters: list[list[MinibatchCKA]] = []  # ratio -> stage
     images_used = 0
+
+    def pooled(images: torch.Tensor) -> list[torch.Tensor]:
+        return [_pool(f).cpu() for f in stage_features(images)]
+
     for batch in batches:
         if max_images is not None and images_used >= max_images:
             break
@@ -146,20 +143,15 @@ def occlusion_invariance(
         if take == 0 or (debiased and take < 4):
             continue
         images = batch.images[:take].to(device)
-        rows, cols = cell_grid(images.shape[-2:], patch_size)
-        ranks = cell_ranks(batch.indices[:take], rows * cols, seed)
-        full = [_pool(f).cpu() for f in stage_features(images)]
+        full, *per_ratio = map_over_ratios(
+            pooled, images, batch.indices[:take], [0.0, *ratios], patch_size, fill, mean, std, seed
+        )
         if not clean:
             clean = [[] for _ in full]
             occluded = [[[] for _ in full] for _ in ratios]
             meters = [[MinibatchCKA() for _ in full] for _ in ratios]
-        by_k: dict[int, list[torch.Tensor]] = {0: full}
-        for r, ratio in enumerate(ratios):
-            k = dropped_cells(ratio, rows * cols)
-            if k not in by_k:
-                masks = masks_from_ranks(ranks, images.shape[-2:], patch_size, ratio, device)
-                by_k[k] = [_pool(f).cpu() for f in stage_features(occlude(images, masks, fill, mean, std))]
-            for s, features in enumerate(by_k[k]):
+        for r, stage_outputs in enumerate(per_ratio):
+            for s, features in enumerate(stage_outputs):
                 if debiased:
                     meters[r][s].update(full[s], features)
                 else:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import torch
 
 from mixmask.data.common import Batch
 
 FILLS = ("zero", "mean")
+T = TypeVar("T")
 _MASK63 = (1 << 63) - 1
 
 
@@ -141,6 +143,33 @@ def check_occlusion_args(ratios: Sequence[float], fill: str) -> list[float]:
     return ratios
 
 
+def map_over_ratios(
+    fn: Callable[[torch.Tensor], T],
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    ratios: Sequence[float],
+    patch_size: int,
+    fill: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int = 0,
+) -> list[T]:
+    """``fn`` of the images occluded at each ratio, in order. The cell ranking is drawn once per batch; ratios that
+    drop the same number of cells share one call, and one that drops none gets the clean images."""
+    rows, cols = cell_grid(images.shape[-2:], patch_size)
+    ranks = cell_ranks(indices, rows * cols, seed)
+    by_k: dict[int, T] = {}
+    for ratio in ratios:
+        k = dropped_cells(ratio, rows * cols)
+        if k not in by_k:
+            occluded = images
+            if k:
+                masks = masks_from_ranks(ranks, images.shape[-2:], patch_size, ratio, images.device)
+                occluded = occlude(images, masks, fill, mean, std)
+            by_k[k] = fn(occluded)
+    return [by_k[dropped_cells(ratio, rows * cols)] for ratio in ratios]
+
+
 @torch.no_grad()
 def occlusion_accuracy(
     classify: Callable[[torch.Tensor], torch.Tensor],
@@ -162,20 +191,15 @@ def occlusion_accuracy(
     for batch in batches:
         if len(batch) == 0:
             continue
-        images = batch.images.to(device)
         labels = batch.labels.to(device)
-        rows, cols = cell_grid(images.shape[-2:], patch_size)
-        ranks = cell_ranks(batch.indices, rows * cols, seed)
-        hits_by_k: dict[int, int] = {}
-        for r, ratio in enumerate(ratios):
-            k = dropped_cells(ratio, rows * cols)
-            if k not in hits_by_k:
-                occluded = images
-                if k:
-                    masks = masks_from_ranks(ranks, images.shape[-2:], patch_size, ratio, device)
-                    occluded = occlude(images, masks, fill, mean, std)
-                hits_by_k[k] = int((classify(occluded).argmax(dim=1) == labels).sum())
-            correct[r] += hits_by_k[k]
+
+        def hits(images: torch.Tensor, labels: torch.Tensor = labels) -> int:
+            return int((classify(images).argmax(dim=1) == labels).sum())
+
+        per_ratio = map_over_ratios(
+            hits, batch.images.to(device), batch.indices, ratios, patch_size, fill, mean, std, seed
+        )
+        correct = [c + h for c, h in zip(correct, per_ratio, strict=True)]
         images_seen += len(batch)
     return {
         "ratios": ratios,

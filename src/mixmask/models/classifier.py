@@ -15,7 +15,7 @@ from torch import nn
 
 from mixmask._compat import timm
 from mixmask.config import ConfigError
-from mixmask.models.backbone import Backbone
+from mixmask.models.backbone import Backbone, create_timm_model
 
 
 class Classifier(nn.Module):
@@ -82,6 +82,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights not found: {path}")
     return timm.models.load_state_dict(str(path))  # safetensors or weights-only torch.load; unwraps and strips module.
+
+
+def classes_in(weights: dict[str, torch.Tensor], backbone: str) -> int:
+    """Number of classes of the head in ``weights`` (timm names), 0 for a headless backbone."""
+    head = create_timm_model(backbone).pretrained_cfg.get("classifier", "fc")
+    return weights[f"{head}.weight"].shape[0] if f"{head}.weight" in weights else 0
 
 
 def load_backbone_weights(classifier: Classifier, path: str | Path) -> dict[str, int]:

@@ -8,6 +8,7 @@ split; on ImageNet(-100) class folders the factor table is ImageNet-X on the val
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,11 @@ from mixmask.engine.checkpoint import load_checkpoint
 from mixmask.engine.run_dir import resume_config, run_task, write_json
 from mixmask.evaluation import imagenet_x
 from mixmask.evaluation.cka import occlusion_invariance
-from mixmask.evaluation.classification import collect, topk_accuracy
+from mixmask.evaluation.classification import Outputs, collect, topk_accuracy
 from mixmask.evaluation.occlusion import occlusion_accuracy, patch_size_for
 from mixmask.evaluation.reconstruction import reconstruct, save_reconstruction_figure
 from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
-from mixmask.models.classifier import Classifier, read_weights
+from mixmask.models.classifier import Classifier, classes_in, read_weights
 from mixmask.report import plots
 
 WNID = re.compile(r"^n\d{8}$")
@@ -59,13 +60,27 @@ def load_classifier(cfg: Config, run_dir: Path, device: torch.device) -> Classif
             "(finetune with finetune.probe=none or linear)"
         )
     weights = read_weights(run_dir)
-    head = Classifier(cfg.model.backbone, 1).timm_model.pretrained_cfg.get("classifier", "fc")
-    classifier = Classifier(cfg.model.backbone, weights[f"{head}.weight"].shape[0])
+    classifier = Classifier(cfg.model.backbone, classes_in(weights, cfg.model.backbone))
     classifier.timm_model.load_state_dict(weights)
     return classifier.to(device).eval()
 
 
-def factor_results(cfg: Config, classifier: Classifier, val_set, val_outputs, device) -> dict[str, Any]:
+def write_predictions(path: Path, dataset, outputs: Outputs) -> dict[str, int]:
+    """Per-image predictions as CSV (file_name, label, prediction, class names), so any number can be recomputed
+    with other tools; returns ``{file_name: predicted index}``."""
+    names = [dataset.file_name(i) for i in outputs.indices.tolist()]
+    predicted = outputs.values.argmax(1).tolist()
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", "label", "prediction", "label_name", "prediction_name"])
+        for name, label, guess in zip(names, outputs.labels.tolist(), predicted, strict=True):
+            writer.writerow([name, label, guess, dataset.classes[label], dataset.classes[guess]])
+    return dict(zip(names, predicted, strict=True))
+
+
+def factor_results(
+    cfg: Config, classifier: Classifier, val_set, val_predictions: dict[str, int], out_dir: Path, device
+) -> dict[str, Any]:
     """ImageNet-X style factor accuracies: ShapesX test annotations, or ImageNet-X on ImageNet val file names."""
     ev, data = cfg.eval, cfg.data
     options = {
@@ -77,15 +92,12 @@ def factor_results(cfg: Config, classifier: Classifier, val_set, val_outputs, de
         transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
         test = build_dataset(data, "test", transform)
         outputs = collect(classifier, eval_loader(test, data, ev.batch_size), device, "ShapesX test")
-        names = [test.file_name(i) for i in outputs.indices.tolist()]
-        predictions = dict(zip(names, outputs.values.argmax(1).tolist(), strict=True))
+        predictions = write_predictions(out_dir / "test_predictions.csv", test, outputs)
         return imagenet_x.evaluate_annotations(predictions, imagenet_x.shapesx_rows(test), **options).to_dict()
     classes = list(val_set.classes)
     if not all(WNID.match(c) for c in classes):
         return {"skipped": "the class folders are not ImageNet wnids, so ImageNet-X annotations do not apply"}
-    names = [val_set.file_name(i) for i in val_outputs.indices.tolist()]
-    predictions = dict(zip(names, val_outputs.values.argmax(1).tolist(), strict=True))
-    return imagenet_x.evaluate(predictions, wnids=classes, **options).to_dict()
+    return imagenet_x.evaluate(val_predictions, wnids=classes, **options).to_dict()
 
 
 def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.device) -> list[dict[str, Any]]:
@@ -128,11 +140,12 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
         results["accuracy"] = topk_accuracy(val_outputs.values, val_outputs.labels, ev.topk)
         results["accuracy"] |= {"images": len(val_outputs.labels), "split": "val"}
         results["unreadable_images"] = [{"path": s.path, "error": s.error} for s in val_outputs.skipped]
+        val_predictions = write_predictions(out_dir / "val_predictions.csv", val_set, val_outputs)
         print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in results["accuracy"].items() if k.startswith("top")))
         save()
 
         if ev.imagenet_x:
-            results["factors"] = factor_results(cfg, classifier, val_set, val_outputs, device)
+            results["factors"] = factor_results(cfg, classifier, val_set, val_predictions, out_dir, device)
             if "factors" in results["factors"]:
                 plots.factor_accuracy_bars(results["factors"], out_dir / "factor_accuracy.png")
                 plots.error_ratio_bars(results["factors"], out_dir / "error_ratio.png")

@@ -15,8 +15,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from mixmask.engine.run_dir import resume_config, run_task
-from mixmask.models.backbone import create_timm_model, timm_name_and_args
-from mixmask.models.classifier import read_weights
+from mixmask.models.backbone import timm_name_and_args
+from mixmask.models.classifier import classes_in, read_weights
 
 
 def timm_snippet(timm_name: str, timm_args: dict, num_classes: int, file: str | Path) -> str:
@@ -34,8 +34,7 @@ def export(run_dir: str | Path, out: str | Path) -> dict[str, str]:
     cfg = resume_config(run_dir)
     weights = read_weights(run_dir)
     timm_name, timm_args = timm_name_and_args(cfg.model.backbone)
-    head = create_timm_model(cfg.model.backbone).pretrained_cfg.get("classifier", "fc")
-    num_classes = weights[f"{head}.weight"].shape[0] if f"{head}.weight" in weights else 0
+    num_classes = classes_in(weights, cfg.model.backbone)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"export writes safetensors; give a file name ending in .safetensors, not {out.name!r}")
