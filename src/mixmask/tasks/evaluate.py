@@ -80,7 +80,7 @@ def write_predictions(path: Path, dataset, outputs: Outputs) -> dict[str, int]:
 
 def factor_results(
     cfg: Config, classifier: Classifier, val_set, val_predictions: dict[str, int], out_dir: Path, device
-) -> dict[str, Any]:
+) -> imagenet_x.FactorResults | str:
     """ImageNet-X style factor accuracies: ShapesX test annotations, or ImageNet-X on ImageNet val file names."""
     ev, data = cfg.eval, cfg.data
     options = {
@@ -93,11 +93,11 @@ def factor_results(
         test = build_dataset(data, "test", transform)
         outputs = collect(classifier, eval_loader(test, data, ev.batch_size), device, "ShapesX test")
         predictions = write_predictions(out_dir / "test_predictions.csv", test, outputs)
-        return imagenet_x.evaluate_annotations(predictions, imagenet_x.shapesx_rows(test), **options).to_dict()
+        return imagenet_x.evaluate_annotations(predictions, imagenet_x.shapesx_rows(test), **options)
     classes = list(val_set.classes)
     if not all(WNID.match(c) for c in classes):
-        return {"skipped": "the class folders are not ImageNet wnids, so ImageNet-X annotations do not apply"}
-    return imagenet_x.evaluate(val_predictions, wnids=classes, **options).to_dict()
+        return "the class folders are not ImageNet wnids, so ImageNet-X annotations do not apply"
+    return imagenet_x.evaluate(val_predictions, wnids=classes, **options)
 
 
 def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.device) -> list[dict[str, Any]]:
@@ -145,15 +145,15 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
         save()
 
         if ev.imagenet_x:
-            results["factors"] = factor_results(cfg, classifier, val_set, val_predictions, out_dir, device)
-            if "factors" in results["factors"]:
+            factors = factor_results(cfg, classifier, val_set, val_predictions, out_dir, device)
+            if isinstance(factors, str):
+                results["factors"] = {"skipped": factors}
+                print(f"factors skipped: {factors}")
+            else:
+                results["factors"] = factors.to_dict()
                 plots.factor_accuracy_bars(results["factors"], out_dir / "factor_accuracy.png")
                 plots.error_ratio_bars(results["factors"], out_dir / "error_ratio.png")
-                print(
-                    f"factors: average {results['factors']['average']:.4f}, worst {results['factors']['worst_factor']}"
-                )
-            else:
-                print(f"factors skipped: {results['factors']['skipped']}")
+                print(factors.table())
             save()
 
         patch = patch_size_for(data.image_size, ev.occlusion_patch)
