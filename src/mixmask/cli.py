@@ -80,6 +80,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mixmask.tasks.sweep import format_plan, load_sweep, plan, run_sweep
+
+    sweep = load_sweep(args.sweep)
+    out = args.out or str(Path("sweeps") / sweep.name)
+    if args.dry_run:
+        print(f"plan for {out}:")
+        print(format_plan(plan(sweep, out)))
+        return 0
+    unfinished = run_sweep(sweep, out, jobs=args.jobs, only=args.variant)
+    print(f"sweep {'finished' if not unfinished else f'has {unfinished} unfinished variant(s)'}: {out}")
+    if not unfinished and args.variant is None:
+        print(f"report: mixmask report {out}")
+    return 1 if unfinished else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mixmask.tasks.report import report
+
+    page = report(args.sweep_dir, extra_runs=args.runs, out=args.out)
+    print(f"report: {Path(page).resolve()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mixmask.tasks.demo import demo
+
+    demo(args.out, jobs=args.jobs, dry_run=args.dry_run)
+    return 0
+
+
 def cmd_data_shapesx(args: argparse.Namespace) -> int:
     from mixmask.data.shapesx import export_shapesx
 
@@ -184,6 +215,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("args", nargs="*", metavar="RUN_DIR|CONFIG|key=value")
     evaluate.add_argument("--out", default=None, help="output folder (default: RUN_DIR/evaluation)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a study: every variant through pretrain, finetune and evaluate, recorded in a results store",
+        description="Runs (or resumes) every variant of SWEEP.yaml into one folder with a SQLite results store; "
+        "finished stages are skipped and interrupted ones resume from their checkpoints.",
+    )
+    sweep.add_argument("sweep", metavar="SWEEP.yaml")
+    sweep.add_argument("--out", default=None, help="sweep folder (default: sweeps/<name>)")
+    sweep.add_argument("--jobs", type=int, default=1, help="variants run at once, each in its own process")
+    sweep.add_argument("--variant", default=None, metavar="NAME", help="run only this variant")
+    sweep.add_argument("--dry-run", action="store_true", help="print the plan with estimated times and stop")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = commands.add_parser(
+        "report", help="tables, figures and one self-contained HTML page from a sweep folder (and extra runs)"
+    )
+    report.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    report.add_argument("runs", nargs="*", metavar="RUN_DIR", help="more evaluated runs to include as variants")
+    report.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/report)")
+    report.set_defaults(func=cmd_report)
+
+    demo = commands.add_parser(
+        "demo", help="the Mix-and-Mask study on ShapesX (CPU, about 10 minutes), then its HTML report"
+    )
+    demo.add_argument("--out", default="mixmask-demo", help="sweep folder (default: mixmask-demo); rerun to resume")
+    demo.add_argument("--jobs", type=int, default=1, help="variants run at once, each in its own process")
+    demo.add_argument("--dry-run", action="store_true", help="print the plan with estimated times and stop")
+    demo.set_defaults(func=cmd_demo)
 
     export = commands.add_parser(
         "export", help="write a run's network as a safetensors file that timm.create_model loads"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from mixmask.config import Config, ConfigError, apply_override, load_config, read_yaml, to_dict
 from mixmask.data import build_dataset, eval_loader
@@ -111,9 +112,13 @@ def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.devi
     images = reconstruction_images(cfg).to(device)
     results = []
     for result in reconstruct(model, masker, images, cfg.data.mean, cfg.data.std, seed=cfg.train.seed):
-        name = f"p{result['patch_size']}_r{result['ratio']}_s{result['stage']}.png"
-        save_reconstruction_figure(result, out_dir / "reconstructions" / name)
-        results.append({k: v for k, v in result.items() if k != "rows"} | {"figure": f"reconstructions/{name}"})
+        stem = f"reconstructions/p{result['patch_size']}_r{result['ratio']}_s{result['stage']}"
+        save_reconstruction_figure(result, out_dir / f"{stem}.png")
+        # the image rows as uint8 (B, 3, H, W) tensors, so a report can lay out several runs side by side
+        rows = {name: (row * 255).round().to(torch.uint8).cpu() for name, row in result["rows"].items()}
+        save_file(rows, out_dir / f"{stem}.safetensors")
+        saved = {"figure": f"{stem}.png", "images": f"{stem}.safetensors"}
+        results.append({k: v for k, v in result.items() if k != "rows"} | saved)
     return results
 
 

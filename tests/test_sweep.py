@@ -1,0 +1,183 @@
+"""Sweeps: expansion and validation before anything runs, the results store, restart after a killed variant."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixmask.cli import main
+from mixmask.config import ConfigError
+from mixmask.models.classifier import Classifier
+from mixmask.store import ResultsStore
+from mixmask.tasks.sweep import load_sweep, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_sweep(**changes) -> dict:
+    sweep = {
+        "name": "tiny",
+        "pretrain": {"optim": {"warmup_epochs": 0.5}},
+        "finetune": {"optim": {"warmup_epochs": 0.5}},
+        "evaluate": {"eval": {"cka_images": 32, "occlusion_ratios": [0.0, 0.5]}},
+        "common": [
+            "data.image_size=32",
+            "data.num_workers=0",
+            "data.shapesx={train: 128, val: 48, test: 34, cue_conflict: 20}",
+            "train.batch_size=32",
+            "train.epochs=2",
+            "train.log_every_steps=2",
+            "train.checkpoint_every_steps=2",
+        ],
+        "variants": [
+            {"name": "p4", "pretrain": ["masking.strategies=[{patch_size: 4, ratio: 0.6}]"]},
+            {"name": "scratch", "stages": ["finetune", "evaluate"]},
+        ],
+    }
+    return sweep | changes
+
+
+def test_expansion_builds_every_stage_config():
+    sweep = load_sweep(data=tiny_sweep())
+    p4, scratch = sweep.variants
+    assert p4.stages == ["pretrain", "finetune", "evaluate"] and scratch.stages == ["finetune", "evaluate"]
+    assert p4.configs["pretrain"].masking.strategies[0].patch_size == 4
+    assert p4.configs["finetune"].data.image_size == 32 and p4.configs["evaluate"].eval.cka_images == 32
+    assert scratch.configs["evaluate"].train.epochs == 2  # the evaluated run's config is the base
+
+
+@pytest.mark.parametrize(
+    "variant, message",
+    [
+        ({"name": "bad", "pretrain": ["optim.lr=-1"]}, "variant 'bad', pretrain: config field `optim.lr`"),
+        (
+            {"name": "pair", "pretrain": ["masking.strategies=[{patch_size: 8, stage: 3}]"]},
+            "variant 'pair', pretrain: config field `masking.strategies[0]`",
+        ),
+        ({"name": "order", "stages": ["evaluate", "finetune"]}, "variant 'order', `stages`"),
+        ({"name": "x y"}, "variant 1"),
+        ({"name": "p4"}, "used twice"),
+        ({"name": "typo", "finetun": []}, "key `finetun`"),
+    ],
+)
+def test_a_bad_variant_fails_before_anything_runs(tmp_path, variant, message):
+    data = tiny_sweep()
+    data["variants"] = [data["variants"][0], variant]
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_sweep(data=data)
+
+
+def test_cli_bad_sweep_fails_with_one_line_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: s\nvariants: [{name: a, pretrain: [model.backbone=nonsense_net]}]\n")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "variant 'a', pretrain" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_runs_records_and_restarts_after_a_killed_variant(tmp_path, monkeypatch, capsys):
+    sweep = load_sweep(data=tiny_sweep())
+    out = tmp_path / "sweep"
+
+    # kill the first variant's finetuning after its checkpoint at step 2 (4 steps per run)
+    calls = {"n": 0}
+    forward = Classifier.forward
+
+    def killed(self, images):
+        calls["n"] += 1
+        if calls["n"] == 3 and self.training:
+            raise KeyboardInterrupt
+        return forward(self, images)
+
+    monkeypatch.setattr(Classifier, "forward", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, out)
+    monkeypatch.setattr(Classifier, "forward", forward)
+    store = ResultsStore(out / "results.sqlite")
+    states = {(r["variant"], r["stage"]): r["status"] for r in store.runs()}
+    assert states == {
+        ("p4", "pretrain"): "done",
+        ("p4", "finetune"): "running",
+        ("p4", "evaluate"): "pending",
+        ("scratch", "finetune"): "pending",
+        ("scratch", "evaluate"): "pending",
+    }
+    pretrain_weights = (out / "runs/p4/pretrain/checkpoints/last/model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+
+    torch.manual_seed(123)  # as if in a new process
+    assert run_sweep(load_sweep(data=tiny_sweep()), out) == 0
+    printed = capsys.readouterr().out
+    assert "== p4: pretrain" not in printed  # finished work is not redone
+    assert "resuming from" in printed and "epoch 0, step 2" in printed
+    assert (out / "runs/p4/pretrain/checkpoints/last/model.safetensors").stat().st_mtime_ns == pretrain_weights
+    runs = {(r["variant"], r["stage"]): r for r in store.runs()}
+    assert all(r["status"] == "done" for r in runs.values())
+    assert runs[("p4", "pretrain")]["attempts"] == 1 and runs[("p4", "finetune")]["attempts"] == 2
+    for run in runs.values():
+        assert run["results"] == json.loads((out / run["run_dir"] / "results.json").read_text())
+    assert runs[("p4", "finetune")]["results"]["init"]["from"] == str(out / "runs/p4/pretrain")
+    assert runs[("scratch", "finetune")]["results"]["init"]["from"] == "scratch"
+    assert runs[("p4", "evaluate")]["results"]["reconstruction"][0]["patch_size"] == 4
+    assert store.meta()["name"] == "tiny" and "variants" in store.meta()["sweep_text"]
+
+    # a changed variant under the same folder is refused rather than mixed into old results
+    changed = tiny_sweep()
+    changed["variants"][0]["pretrain"] = ["masking.strategies=[{patch_size: 8, ratio: 0.6}]"]
+    with pytest.raises(ValueError, match="recorded with other settings"):
+        run_sweep(load_sweep(data=changed), out)
+
+
+def test_store_survives_a_write_killed_mid_transaction(tmp_path):
+    path = tmp_path / "results.sqlite"
+    store = ResultsStore(path)
+    store.add_variant("a", 0, {"x": 1}, {"pretrain": "runs/a/pretrain"})
+    store.start("a", "pretrain")
+    store.close()
+    script = f"""
+import os
+from mixmask.store import ResultsStore
+store = ResultsStore({str(path)!r})
+store.connection.execute("BEGIN IMMEDIATE")
+store.connection.execute("UPDATE runs SET status = 'done', results = '{{\\"half\\": 1}}'")
+store.connection.execute("INSERT INTO variants (name, position, spec) VALUES ('b', 1, '{{}}')")
+os._exit(1)  # killed before COMMIT
+"""
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 1
+    store = ResultsStore(path)
+    assert store.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [v["name"] for v in store.variants()] == ["a"]
+    (run,) = store.runs()
+    assert run["status"] == "running" and run["results"] is None and run["attempts"] == 1
+    store.finish("a", "pretrain", {"loss": 0.5}, 1.0)  # and it is writable again
+    assert store.run("a", "pretrain")["results"] == {"loss": 0.5}
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tiny_sweep()))
+    assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith(("p4 ", "scratch "))]
+    assert len(lines) == 5
+    assert lines[0].split()[:3] == ["p4", "pretrain", "8"]  # 128 images / 32 per batch x 2 epochs
+    assert "total" in text and not (tmp_path / "out").exists()
+
+
+def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
+    import yaml
+
+    data = tiny_sweep()
+    data["common"] = [*data["common"], "train.epochs=1"]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--jobs", "2"]) == 0
+    store = ResultsStore(out / "results.sqlite")
+    assert all(r["status"] == "done" for r in store.runs()) and len(store.runs()) == 5
+    assert "run folder" in (out / "runs/scratch/log.txt").read_text()
