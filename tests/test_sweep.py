@@ -181,3 +181,25 @@ def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
     store = ResultsStore(out / "results.sqlite")
     assert all(r["status"] == "done" for r in store.runs()) and len(store.runs()) == 5
     assert "run folder" in (out / "runs/scratch/log.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    "path, variants",
+    [
+        (ROOT / "configs/study/mix_and_mask_in100.yaml", 9),
+        (ROOT / "configs/study/mix_and_mask_shapesx.yaml", 9),
+        (ROOT / "src/mixmask/resources/demo_shapesx.yaml", 5),
+    ],
+    ids=lambda p: getattr(p, "name", str(p)),
+)
+def test_shipped_studies_load_and_the_stage_follows_the_patch(path, variants):
+    sweep = load_sweep(path)
+    assert len(sweep.variants) == variants and sweep.variants[-1].stages == ["finetune", "evaluate"]
+    from mixmask.tasks.pretrain import build_a2mim
+
+    stages = {}
+    for variant in sweep.variants[:-1]:
+        _, masker = build_a2mim(variant.configs["pretrain"])
+        stages |= {spec.patch_size: stage for spec, stage in zip(masker.specs, masker.stages, strict=True)}
+    expected = {4: 1, 32: 3, 56: 2} if "in100" in path.name else {4: 1, 8: 2, 16: 3}
+    assert {p: s for p, s in stages.items() if p in expected} == expected
