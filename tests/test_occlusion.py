@@ -173,4 +173,3 @@ def test_empty_input_and_bad_arguments():
         occlusion_accuracy(classify, [], [], 4, "zero", MEAN, STD)
     with pytest.raises(ValueError):
         occlusion_accuracy(classify, [], [0.5], 4, "blur", MEAN, STD)
-
