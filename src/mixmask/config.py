@@ -421,11 +421,12 @@ def to_dict(cfg: Any) -> dict:
 # --------------------------------------------------------------------------------------------------- files
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_dicts(base: dict, update: dict) -> dict:
+    """``update`` over ``base``: mappings merge key by key, anything else (lists too) is replaced."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_dicts(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -446,7 +447,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is not None:
-        data = _merge(read_yaml(path.parent / base, (*_seen, path.resolve())), data)
+        data = merge_dicts(read_yaml(path.parent / base, (*_seen, path.resolve())), data)
     return data
 
 
@@ -485,9 +486,9 @@ def load_config(
 ) -> Config:
     """Defaults (or ``base``, e.g. a run's saved config), then the YAML file (if any), then overrides; validated
     before it is returned."""
-    data = _merge(to_dict(Config()), base or {})
+    data = merge_dicts(to_dict(Config()), base or {})
     if path is not None:
-        data = _merge(data, read_yaml(path))
+        data = merge_dicts(data, read_yaml(path))
     for override in overrides:
         data = apply_override(data, override)
     return from_dict(data)

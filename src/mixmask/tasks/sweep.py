@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from mixmask import __version__
-from mixmask.config import Config, ConfigError, load_config, read_yaml, save_config, to_dict
+from mixmask.config import Config, ConfigError, load_config, merge_dicts, read_yaml, save_config, to_dict
 from mixmask.store import ResultsStore
 
 STAGES = ("pretrain", "finetune", "evaluate")
@@ -161,16 +161,7 @@ def _stage_config(stage: str, bases: dict[str, dict], common: list[str], variant
     # evaluate reads the evaluated run's config, then the sweep's evaluate settings, then the overrides
     target = "finetune" if "finetune" in variant.stages else "pretrain"
     evaluated = to_dict(variant.configs[target])
-    return load_config(None, [*common, *own], base=_merged(evaluated, bases["evaluate"]))
-
-
-def _merged(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = (
-            _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
-    return merged
+    return load_config(None, [*common, *own], base=merge_dicts(evaluated, bases["evaluate"]))
 
 
 # ------------------------------------------------------------------------------------------------------- running
@@ -285,8 +276,8 @@ def run_sweep(sweep: Sweep, sweep_dir: str | Path, jobs: int = 1, only: str | No
     store = open_store(sweep, sweep_dir)
     try:
         if jobs <= 1 or only is not None:
-            lock = locked(sweep_dir / ".lock") if only is None else _no_lock()
-            with lock:
+            # a --variant process runs under its parent's sweep lock (and takes the variant's own lock)
+            with locked(sweep_dir / ".lock") if only is None else nullcontext():
                 return sum(not run_variant(sweep, v, sweep_dir, store) for v in variants)
         with locked(sweep_dir / ".lock"):
             return _run_parallel(sweep, variants, sweep_dir, jobs, store)
@@ -294,14 +285,9 @@ def run_sweep(sweep: Sweep, sweep_dir: str | Path, jobs: int = 1, only: str | No
         store.close()
 
 
-@contextmanager
-def _no_lock() -> Iterator[None]:
-    yield
-
-
 def _run_parallel(sweep: Sweep, variants: list[Variant], sweep_dir: Path, jobs: int, store: ResultsStore) -> int:
     source = str(sweep.file) if sweep.file else None
-    if source is None:  # an inline sweep (the demo): children read it from the sweep folder
+    if source is None:  # an inline sweep: the children read it from the sweep folder
         source = str(sweep_dir / "sweep.yaml")
         Path(source).write_text(sweep.text)
     waiting, running, failed = list(variants), {}, 0
