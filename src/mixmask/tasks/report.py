@@ -1,0 +1,100 @@
+"""``mixmask report``: the tables, figures and one self-contained HTML page of a sweep folder (and extra runs).
+
+Works on a sweep that is still running or partly failed: every variant is listed, and what a stage has not produced
+yet is shown as missing with the stage's status, never left out silently.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mixmask.report import figures, html, plots, tables
+
+
+def _say(message: str) -> None:
+    print(f"report: {message}", flush=True)
+
+
+def _by_variant(variants: list[dict], metric: str, key: str) -> dict[str, dict]:
+    """``{variant: evaluate results[metric]}`` for the variants that have that metric (recognised by ``key``)."""
+    out = {}
+    for v in variants:
+        value = (v["results"].get("evaluate") or {}).get(metric)
+        if isinstance(value, dict) and key in value:
+            out[v["name"]] = value
+    return out
+
+
+def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path | None = None) -> Path:
+    """Build everything into ``out`` (default ``SWEEP_DIR/report``): table1.md/.csv, counts.md/.csv,
+    summary.md/.csv, figure2_error_ratios.png, figure3_reconstructions.png, occlusion.png, cka.png, shape_bias.png,
+    curves_<variant>.png and report.html; return the HTML path. Figures without data yet are not written (the
+    page says why). Raises FileNotFoundError when there is no results.sqlite and no extra run."""
+    sweep_dir = Path(sweep_dir)
+    variants = tables.collect_variants(sweep_dir, extra_runs)
+    meta = tables.read_meta(sweep_dir)
+    out_dir = Path(out) if out else sweep_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    states = "; ".join(v["name"] + ": " + ", ".join(f"{s} {v['status'][s]}" for s in v["stages"]) for v in variants)
+    _say(f"{len(variants)} variant(s): {states}")
+
+    rows1, count_rows, summary_rows = tables.table1(variants), tables.counts(variants), tables.summary(variants)
+    (out_dir / "table1.md").write_text(tables.table1_markdown(rows1))
+    tables.table1_csv(rows1, out_dir / "table1.csv")
+    (out_dir / "counts.md").write_text(tables.counts_markdown(count_rows))
+    tables.counts_csv(count_rows, out_dir / "counts.csv")
+    (out_dir / "summary.md").write_text(tables.summary_markdown(summary_rows))
+    tables.summary_csv(summary_rows, out_dir / "summary.csv")
+    _say(f"tables -> {out_dir}/{{table1,counts,summary}}.{{md,csv}}")
+
+    written: dict[str, Path | None] = {}
+    factors = {v["name"]: f for v in variants if (f := tables.factors_of(v)) is not None}
+    plan = [
+        ("figure2", "figure2_error_ratios.png", factors, plots.error_ratio_bars),
+        ("occlusion", "occlusion.png", _by_variant(variants, "occlusion", "ratios"), plots.occlusion_curve),
+        ("cka", "cka.png", _by_variant(variants, "cka", "stages"), plots.cka_curves),
+        ("shape-bias", "shape_bias.png", _by_variant(variants, "shape_bias", "per_class"), plots.shape_bias_bars),
+    ]
+    for key, name, data, draw in plan:
+        target = out_dir / name
+        target.unlink(missing_ok=True)  # a figure left from an earlier report must not pass for this one
+        written[key] = draw(data, target) if data else None
+    target = out_dir / "figure3_reconstructions.png"
+    target.unlink(missing_ok=True)
+    written["figure3"] = figures.reconstruction_grid(variants, target)
+    _say("figures -> " + ", ".join(f"{key} {'written' if p else 'no data yet'}" for key, p in written.items()))
+
+    curves: dict[str, Path | None] = {}
+    for v in variants:
+        target = out_dir / f"curves_{tables.safe_name(v['name'])}.png"
+        target.unlink(missing_ok=True)
+        runs = {
+            f"{stage} ({v['status'].get(stage)})" if v["status"].get(stage) != "done" else stage: v["paths"].get(stage)
+            for stage in ("pretrain", "finetune")
+            if stage in v["stages"]
+        }
+        curves[v["name"]] = figures.training_curves(runs, target, title=v["name"]) if runs else None
+    _say(f"training curves for {sum(p is not None for p in curves.values())} of {len(variants)} variant(s)")
+
+    notes = []
+    if not (sweep_dir / "results.sqlite").is_file():
+        notes.append(f"{sweep_dir} has no results store: only the run folders named on the command line are shown.")
+    page = html.write_html(
+        {
+            "title": f"{meta.get('name') or sweep_dir.resolve().name}: mixmask study report",
+            "meta": meta,
+            "generated": time.time(),
+            "sweep_dir": str(sweep_dir),
+            "variants": variants,
+            "summary": summary_rows,
+            "table1": rows1,
+            "counts": count_rows,
+            "figures": written,
+            "curves": curves,
+            "notes": notes,
+        },
+        out_dir / "report.html",
+    )
+    _say(f"page -> {page}")
+    return page
