@@ -116,7 +116,8 @@ def test_table1_numbers_are_the_evaluate_results_in_percent(sweep):
     rows = tables.table1(variants)
     header, body, footnotes = tables.table1_grid(rows)
     assert header[2:] == ["background", "color", "partial view", "pattern", "pose", "shape", "subcategory",
-                          "texture", "blocking*", "val. top-1"]  # fmt: skip
+                          "texture", "blocking*", "smaller", "larger", "darker", "style", "brighter",
+                          "multiple objects", "val. top-1"]  # fmt: skip
     for row, cells in zip(rows, body, strict=True):
         results = _evaluate_results(sweep, row["variant"])
         factors = results["factors"]["factors"]

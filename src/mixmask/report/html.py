@@ -59,7 +59,7 @@ MISSING_FIGURE = {
 CSS = """
 :root { color-scheme: light; --fg: #1d2329; --muted: #5b6670; --line: #d5dbe0; --head: #eef2f5; --accent: #2860a8; }
 * { box-sizing: border-box; }
-body { margin: 0 auto; max-width: 1240px; padding: 1.2rem 1.6rem 3rem; color: var(--fg); background: #fff;
+body { margin: 0 auto; max-width: 1440px; padding: 1.2rem 1.6rem 3rem; color: var(--fg); background: #fff;
   font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
 h1 { font-size: 1.7rem; margin: 0.2rem 0 0.4rem; }
 h2 { font-size: 1.25rem; margin: 2.2rem 0 0.6rem; padding-bottom: 0.2rem; border-bottom: 2px solid var(--line); }
@@ -75,9 +75,10 @@ pre { background: #f6f8fa; border: 1px solid var(--line); border-radius: 4px; pa
   overflow: auto; max-height: 28rem; font-size: 0.8rem; line-height: 1.35; }
 pre.error { background: #fdf0f0; border-color: #e2b4b4; color: #7d1d1d; max-height: 12rem; }
 .scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 0.86rem; margin: 0.3rem 0; }
-th, td { border: 1px solid var(--line); padding: 0.25rem 0.5rem; vertical-align: top; }
-thead th { background: var(--head); text-align: center; }
+table { border-collapse: collapse; font-size: 0.82rem; margin: 0.3rem 0; }
+th, td { border: 1px solid var(--line); padding: 0.2rem 0.35rem; vertical-align: top; }
+thead th { background: var(--head); text-align: center; font-size: 0.78rem; }
+td:nth-child(2) { min-width: 10rem; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.thin { color: #8a5a00; background: #fff8e6; }
 td.missing { color: #9aa3ab; text-align: center; }
