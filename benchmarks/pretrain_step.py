@@ -19,7 +19,7 @@ from torch import nn
 
 from mixmask.config import load_config
 from mixmask.engine.optim import build_optimizer
-from mixmask.tasks.pretrain import build_a2mim
+from mixmask.tasks.pretrain import build_pretrain_model
 
 
 def timed(step, device: torch.device) -> float:
@@ -41,11 +41,11 @@ def measure(backbone: str, size: int, batch: int, patch: int, device: torch.devi
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
     memory_format = torch.channels_last if cuda else torch.contiguous_format
 
-    mim, masker = build_a2mim(cfg)
+    mim, masker = build_pretrain_model(cfg)
     mim.to(device, memory_format=memory_format).train()
     mim_opt = build_optimizer(mim, cfg.optim, cfg.optim.lr, fused=cuda)
 
-    backbone_only = build_a2mim(cfg)[0].backbone
+    backbone_only = build_pretrain_model(cfg)[0].backbone
     head = nn.Linear(backbone_only.channels[-1], 100)
     classifier = nn.Sequential(backbone_only, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
     classifier.to(device, memory_format=memory_format).train()

@@ -84,3 +84,14 @@ def test_frequency_input_keeps_masked_prediction_and_scales_unmasked_gradient(mo
     out.sum().backward()
     assert torch.all(pred.grad[:, :, :2] == 1)
     torch.testing.assert_close(pred.grad[:, :, 2:], torch.full_like(pred.grad[:, :, 2:], 1e-3))
+
+
+def test_frequency_loss_without_focal_weights_is_the_mean_squared_spectrum_distance():
+    """focal=False (A2MIM's ablation "L_freq without weights"): mean over C, H, W of |F(mean pred) - F(mean target)|^2
+    with the full two-sided FFT, in float64."""
+    pred, target = torch.randn(4, 3, 12, 10), torch.randn(4, 3, 12, 10)
+    diff = (pred.double() - target.double()).mean(0)
+    expected = torch.fft.fft2(diff, norm="ortho").abs().square().mean()
+    got = focal_frequency_loss(pred, target, focal=False)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert got.item() != pytest.approx(focal_frequency_loss(pred, target).item(), rel=1e-2)

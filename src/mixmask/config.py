@@ -111,18 +111,80 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    """The backbone (a timm CNN name or a preset: resnet50, resnet18, resnet10t, resnet_tiny) and the MIM head."""
+class MoCoV3Config:
+    """MoCo v3 (Chen, Xie, He, ICCV 2021): projector/predictor MLPs, temperature, momentum encoder schedule."""
 
-    method: Literal["a2mim"] = "a2mim"
+    hidden_dim: int = 4096
+    proj_dim: int = 256
+    temperature: float = 1.0  # 1.0 for ResNet-50, 0.2 for ViT in the MoCo v3 recipes
+    momentum: float = 0.99  # start of the schedule; cosine: rises to 1 by the end of training
+    momentum_schedule: Literal["cosine", "constant"] = "cosine"
+
+    def check(self, where: str) -> None:
+        for name in ("hidden_dim", "proj_dim"):
+            _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
+        _require(self.temperature > 0, f"{where}.temperature", self.temperature, "a positive number")
+        _require(0 <= self.momentum <= 1, f"{where}.momentum", self.momentum, "a number in [0, 1]")
+
+
+@dataclass
+class MAEConfig:
+    """MAE (He et al., CVPR 2022): the light Transformer decoder that sees encoded visible tokens + mask tokens."""
+
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+
+    def check(self, where: str) -> None:
+        for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
+            _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
+        _require(
+            self.decoder_dim % self.decoder_heads == 0,
+            f"{where}.decoder_dim",
+            self.decoder_dim,
+            f"a multiple of decoder_heads={self.decoder_heads}",
+        )
+
+
+# Backbones run as Vision Transformers (timm VisionTransformer); everything else is run stage by stage as a CNN.
+VIT_PREFIXES = ("vit_", "deit_", "deit3_")
+
+
+def is_vit(backbone: str) -> bool:
+    return backbone.startswith(VIT_PREFIXES)
+
+
+@dataclass
+class ModelConfig:
+    """The pretraining method and its backbone (a timm CNN or ViT name, or a preset: resnet_tiny, vit_tiny_p8).
+
+    Fields set to ``auto`` take the method's own recipe when the config is loaded (the saved config shows the value):
+    a2mim: mean fill, token added, focal L1 (CNN) or L1 (ViT) + focal frequency loss 0.5 (CNN) or 0.1 (ViT);
+    simmim: zero fill, token replaces the features at stage 0, L1, no frequency loss;
+    mae (ViT): the encoder sees visible patches only, MSE on masked patches; mocov3: two views, no masking.
+    """
+
+    method: Literal["a2mim", "simmim", "mocov3", "mae"] = "a2mim"
     backbone: str = "resnet_tiny"
-    token_mode: Literal["add", "replace"] = "add"  # add: A2MIM, z + T * D(M); replace: SimMIM
+    token_mode: Literal["auto", "add", "replace", "none"] = "auto"  # add: z + T * D(M); replace: SimMIM; none: no token
     token_gamma_init: float = 0.0  # > 0: the official "init" variant's learnable gamma on masked features
     decoder: Literal["pixel_shuffle", "conv"] = "pixel_shuffle"
+    drop_path: float = 0.0  # stochastic depth (ViT finetuning uses 0.1)
+    mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
+    mae: MAEConfig = field(default_factory=MAEConfig)
 
     def check(self, where: str) -> None:
         _require(bool(self.backbone), f"{where}.backbone", self.backbone, "a timm model name or a preset")
         _require(self.token_gamma_init >= 0, f"{where}.token_gamma_init", self.token_gamma_init, "a number >= 0")
+        _require(0 <= self.drop_path < 1, f"{where}.drop_path", self.drop_path, "a number in [0, 1)")
+        _require(
+            self.method != "mae" or is_vit(self.backbone),
+            f"{where}.backbone",
+            self.backbone,
+            f"a Vision Transformer for model.method=mae (a name starting with {', '.join(VIT_PREFIXES)})",
+        )
+        self.mocov3.check(f"{where}.mocov3")
+        self.mae.check(f"{where}.mae")
 
 
 @dataclass
@@ -131,14 +193,15 @@ class MaskStrategyConfig:
 
     patch_size: int = 32
     ratio: float = 0.6
-    stage: int | Literal["auto"] = "auto"  # where the mask token enters; auto: deepest stage whose stride divides patch
+    stage: int | Literal["auto"] = "auto"  # where the token enters; auto: CNN deepest stage whose stride divides
+    # the patch, ViT 0 (after the patch embedding); SimMIM 0
     weight: float = 1.0  # relative probability of this strategy under mixed masking
     kind: Literal["random", "blockwise"] = "random"
 
     def check(self, where: str) -> None:
         _require(self.patch_size >= 1, f"{where}.patch_size", self.patch_size, "an integer >= 1 (pixels)")
         _require(0 < self.ratio < 1, f"{where}.ratio", self.ratio, "a fraction in (0, 1)")
-        _require(self.stage == "auto" or 0 <= self.stage <= 4, f"{where}.stage", self.stage, "'auto' or a stage 0..4")
+        _require(self.stage == "auto" or self.stage >= 0, f"{where}.stage", self.stage, "'auto' or a stage >= 0")
         _require(self.weight > 0, f"{where}.weight", self.weight, "a positive number")
 
 
@@ -150,32 +213,39 @@ class MaskingConfig:
     mix: Literal["per_batch", "per_sample"] = "per_batch"
     max_stage: int = 3
     downsample: Literal["exact", "area"] = "exact"  # area: any patch/stage pairing, cell masked if >= half masked
-    fill: Literal["mean", "zero", "none"] = "mean"  # what masked input pixels become
+    fill: Literal["auto", "mean", "zero", "none"] = "auto"  # what masked input pixels become (auto: by method)
 
     def check(self, where: str) -> None:
         _require(len(self.strategies) >= 1, f"{where}.strategies", self.strategies, "at least one strategy")
         for i, strategy in enumerate(self.strategies):
             strategy.check(f"{where}.strategies[{i}]")
-        _require(0 <= self.max_stage <= 4, f"{where}.max_stage", self.max_stage, "a stage 0..4")
+        _require(self.max_stage >= 0, f"{where}.max_stage", self.max_stage, "a stage >= 0")
 
 
 @dataclass
 class LossConfig:
-    """``L = L_spa + freq_weight * L_freq``: masked spatial loss plus the focal frequency loss."""
+    """``L = L_spa + freq_weight * L_freq``: masked spatial loss plus the focal frequency loss (``auto``: by method)."""
 
-    spatial: Literal["l1", "focal_l1", "l2"] = "focal_l1"  # focal_l1: the official ResNet-50 setting
+    spatial: Literal["auto", "l1", "focal_l1", "l2"] = "auto"  # focal_l1: the official A2MIM ResNet-50 setting
     focal_alpha: float = 0.2
     focal_gamma: float = 1.0
-    freq_weight: float = 0.5  # lambda; 0 turns the frequency loss off
+    freq_weight: float | Literal["auto"] = "auto"  # lambda; 0 turns the frequency loss off
+    freq_focal: bool = True  # false: every frequency weighs 1 (the ablation "L_freq without weights")
     freq_alpha: float = 1.0
     freq_unmasked: Literal["prediction", "mixed", "target"] = "mixed"  # what unmasked pixels show before the FFT
-    freq_unmasked_weight: float = 1e-3
+    freq_unmasked_weight: float | Literal["auto"] = "auto"  # 1e-3 on CNNs, 0 on ViTs (official configs)
+    norm_pix: bool = False  # MAE: targets are patches normalised by their own mean and variance
 
     def check(self, where: str) -> None:
-        _require(self.freq_weight >= 0, f"{where}.freq_weight", self.freq_weight, "a number >= 0")
+        _require(
+            self.freq_weight == "auto" or self.freq_weight >= 0,
+            f"{where}.freq_weight",
+            self.freq_weight,
+            "a number >= 0",
+        )
         _require(self.freq_alpha > 0, f"{where}.freq_alpha", self.freq_alpha, "a positive number")
         _require(
-            0 <= self.freq_unmasked_weight <= 1,
+            self.freq_unmasked_weight == "auto" or 0 <= self.freq_unmasked_weight <= 1,
             f"{where}.freq_unmasked_weight",
             self.freq_unmasked_weight,
             "a number in [0, 1]",
@@ -184,12 +254,14 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with per-iteration linear warmup then cosine decay to ``min_lr``."""
+    """AdamW (or LARS, MoCo v3's ResNet optimiser) with per-iteration linear warmup then cosine decay to ``min_lr``."""
 
+    name: Literal["adamw", "lars"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    momentum: float = 0.9  # LARS only
     scale_lr: bool = False  # true: lr * total_batch / lr_base_batch
     lr_base_batch: int = 512
     warmup_epochs: float = 1.0
@@ -207,6 +279,7 @@ class OptimConfig:
             "two numbers in [0, 1)",
         )
         _require(self.eps > 0, f"{where}.eps", self.eps, "a positive number")
+        _require(0 <= self.momentum < 1, f"{where}.momentum", self.momentum, "a number in [0, 1)")
         _require(self.lr_base_batch >= 1, f"{where}.lr_base_batch", self.lr_base_batch, "an integer >= 1")
         _require(self.warmup_epochs >= 0, f"{where}.warmup_epochs", self.warmup_epochs, "a number >= 0")
         _require(0 <= self.min_lr <= self.lr, f"{where}.min_lr", self.min_lr, f"a number in [0, lr={self.lr}]")
@@ -317,6 +390,27 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def resolve_auto(self) -> None:
+        """Replace the ``auto`` fields of masking and loss with the method's recipe (explicit values win)."""
+        vit = is_vit(self.model.backbone)
+        recipe = {
+            "a2mim": {"fill": "mean", "token_mode": "add", "spatial": "l1" if vit else "focal_l1"},
+            "simmim": {"fill": "zero", "token_mode": "replace", "spatial": "l1"},
+            "mae": {"fill": "none", "token_mode": "none", "spatial": "l2"},
+            "mocov3": {"fill": "none", "token_mode": "none", "spatial": "l1"},
+        }[self.model.method]
+        recipe["freq_weight"] = (0.1 if vit else 0.5) if self.model.method == "a2mim" else 0.0
+        recipe["freq_unmasked_weight"] = 0.0 if vit else 1e-3
+        for section, name in (
+            (self.masking, "fill"),
+            (self.model, "token_mode"),
+            (self.loss, "spatial"),
+            (self.loss, "freq_weight"),
+            (self.loss, "freq_unmasked_weight"),
+        ):
+            if getattr(section, name) == "auto":
+                setattr(section, name, recipe[name])
+
     def check(self) -> None:
         for section in dataclasses.fields(self):
             getattr(self, section.name).check(section.name)
@@ -410,6 +504,7 @@ def from_dict(data: dict) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     cfg = _build(Config, data, "")
+    cfg.resolve_auto()
     cfg.check()
     return cfg
 

@@ -23,8 +23,10 @@ def focal_frequency_loss(
     log_matrix: bool = True,
     batch_matrix: bool = True,
     ave_spectrum: bool = True,
+    focal: bool = True,
 ) -> torch.Tensor:
-    """Focal frequency loss between images (N, C, H, W); A2MIM's settings are the defaults."""
+    """Focal frequency loss between images (N, C, H, W); A2MIM's settings are the defaults. ``focal=False`` weighs
+    every frequency 1: the plain frequency distance (A2MIM's ablation "L_freq without weights")."""
     with torch.autocast(device_type=pred.device.type, enabled=False):
         diff = pred.float() - target.float()
         if ave_spectrum:
@@ -33,12 +35,12 @@ def focal_frequency_loss(
         distance = spectrum.real.square() + spectrum.imag.square()  # |F(pred) - F(target)|^2
 
         with torch.no_grad():  # the spectrum weights follow the current errors but are constants for the gradient
-            weight = distance.sqrt() ** alpha
-            if log_matrix:
+            weight = distance.sqrt() ** alpha if focal else torch.ones_like(distance)
+            if focal and log_matrix:
                 weight = torch.log1p(weight)
-            if batch_matrix:
+            if focal and batch_matrix:
                 weight = weight / weight.max()
-            else:
+            elif focal:
                 weight = weight / weight.amax(dim=(-2, -1), keepdim=True)
             weight = torch.nan_to_num(weight, nan=0.0).clamp(0.0, 1.0)
 

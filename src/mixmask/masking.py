@@ -94,15 +94,20 @@ def _blocks(batch: int, g: int, count: int, generator, device, rounds: int = 64)
 # ------------------------------------------------------------------------------------------- patch / stage rule
 
 
-def resolve_stage(spec: MaskSpec, strides: list[int], max_stage: int = 3, downsample: str = "exact") -> int:
-    """The stage where ``spec``'s token enters. ``strides[k]`` is stage k's stride (ResNet-50: 4, 4, 8, 16, 32).
+def resolve_stage(
+    spec: MaskSpec, strides: list[int], max_stage: int = 3, downsample: str = "exact", auto_stage: int | None = None
+) -> int:
+    """The stage where ``spec``'s token enters. ``strides[k]`` is stage k's stride (ResNet-50: 4, 4, 8, 16, 32;
+    a ViT: its patch size at every stage).
 
-    auto: the deepest stage up to ``max_stage`` whose stride divides the patch size. An explicit stage must satisfy
-    the same rule unless ``downsample == "area"``. Raises ConfigError naming patch, stage, stride and the stages that
-    would work.
+    auto: ``auto_stage`` when given (ViTs and SimMIM: 0), else the deepest stage up to ``max_stage`` whose stride
+    divides the patch size. A stage must satisfy the same rule unless ``downsample == "area"``. Raises ConfigError
+    naming patch, stage, stride and the stages that would work.
     """
     last = min(max_stage, len(strides) - 1)
     working = [k for k in range(last + 1) if spec.patch_size % strides[k] == 0]
+    if spec.stage == "auto" and auto_stage is not None:
+        spec = MaskSpec(spec.patch_size, spec.ratio, auto_stage, spec.weight, spec.kind)
     if spec.stage == "auto":
         if not working:
             if downsample == "area":
@@ -170,12 +175,14 @@ class MixedMasker:
         self.weights = torch.tensor([s.weight for s in specs], dtype=torch.float64)
 
     @classmethod
-    def from_config(cls, cfg: MaskingConfig, strides: list[int], seed: int = 0) -> MixedMasker:
+    def from_config(
+        cls, cfg: MaskingConfig, strides: list[int], seed: int = 0, auto_stage: int | None = None
+    ) -> MixedMasker:
         specs = [MaskSpec(s.patch_size, s.ratio, s.stage, s.weight, s.kind) for s in cfg.strategies]
         stages = []
         for i, spec in enumerate(specs):
             try:
-                stages.append(resolve_stage(spec, strides, cfg.max_stage, cfg.downsample))
+                stages.append(resolve_stage(spec, strides, cfg.max_stage, cfg.downsample, auto_stage))
             except ConfigError as error:
                 raise ConfigError(f"config field `masking.strategies[{i}]`: {error}") from None
         return cls(specs, stages, strides, cfg.mix, seed)

@@ -1,4 +1,5 @@
-"""AdamW with A2MIM's parameter groups, and the per-iteration warmup + cosine learning-rate schedule."""
+"""The optimiser (AdamW by default; LARS for MoCo v3's ResNet recipe) with A2MIM's parameter groups, and the
+per-iteration warmup + cosine learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+import mixmask._compat  # noqa: F401  (makes timm importable: fixes torchvision first)
 from mixmask.config import OptimConfig
 
 
@@ -39,9 +41,30 @@ def build_optimizer(
     lr: float,
     fused: bool = False,
     lr_scale_of: Callable[[str], float] | None = None,
-) -> torch.optim.AdamW:
+) -> torch.optim.Optimizer:
+    """AdamW (``optim.name=adamw``) or LARS (``lars``: timm's, SGD with momentum ``cfg.momentum`` and a layer-wise
+    trust ratio 0.001 * ||w|| / (||g|| + wd * ||w||), as MoCo v3's ResNet recipe). As in MoCo v3, LARS adapts
+    and decays only tensors of more than one dimension; biases and norm weights take plain SGD-momentum steps.
+    ``fused`` (CUDA) applies to AdamW; timm's LARS picks its multi-tensor path on CUDA by itself."""
     groups = param_groups(model, cfg.weight_decay, cfg.token_lr_scale, lr_scale_of)
+    if cfg.name == "lars":
+        from timm.optim import Lars  # `import timm` does not load timm.optim
+
+        return Lars(_lars_groups(groups), lr=lr, momentum=cfg.momentum, trust_coeff=0.001)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+
+
+def _lars_groups(groups: list[dict]) -> list[dict]:
+    """Split each group into matrices/kernels (always adapted) and vectors (never adapted). timm adapts a group
+    only when its weight decay is non-zero, which ``param_groups`` already sets to 0 for vectors; ``always_adapt``
+    keeps matrices adapted when ``weight_decay`` is 0 too (MoCo v3's rule is by dimension, not by decay)."""
+    split = []
+    for group in groups:
+        for adapt in (True, False):
+            params = [p for p in group["params"] if (p.ndim > 1) == adapt]
+            if params:
+                split.append({**group, "params": params, "always_adapt": adapt})
+    return split
 
 
 def base_lr(cfg: OptimConfig, total_batch: int) -> float:

@@ -198,7 +198,7 @@ def fit(
                 epoch_skipped += [{"path": s.path, "error": s.error} for s in batch.skipped]
                 micro_step = epoch * sampler.batches_per_epoch() + position
                 images = batch.images.to(device, non_blocking=True)
-                if cuda and train.channels_last in ("auto", True):
+                if cuda and train.channels_last in ("auto", True) and images.ndim == 4:  # not MoCo's (B, 2, 3, H, W)
                     images = images.contiguous(memory_format=torch.channels_last)
                 batch = Batch(images, batch.labels.to(device, non_blocking=True), batch.indices)
                 last_of_accumulation = (position + 1) % train.accum_steps == 0

@@ -16,7 +16,7 @@ from torch import nn
 from mixmask.config import LossConfig
 from mixmask.losses import focal_frequency_loss, frequency_input, masked_spatial_loss
 from mixmask.masking import MaskBatch
-from mixmask.models.backbone import Backbone
+from mixmask.models.backbone import Backbone, ViTBackbone
 
 
 def fill_masked(images: torch.Tensor, pixel_mask: torch.Tensor, fill: str) -> torch.Tensor:
@@ -48,7 +48,7 @@ class PixelShuffleDecoder(nn.Sequential):
 class A2MIM(nn.Module):
     def __init__(
         self,
-        backbone: Backbone,
+        backbone: Backbone | ViTBackbone,
         token_stages: list[int],
         loss: LossConfig,
         fill: str = "mean",
@@ -63,7 +63,7 @@ class A2MIM(nn.Module):
         self.token_mode = token_mode
         # one learnable token per stage in use, shape (1, C, 1, 1), truncated normal with std 0.02
         self.mask_tokens = nn.ParameterDict()
-        for stage in sorted(set(token_stages)):
+        for stage in sorted(set(token_stages)) if token_mode != "none" else []:
             token = torch.empty(1, backbone.channels[stage], 1, 1)
             self.mask_tokens[str(stage)] = nn.Parameter(nn.init.trunc_normal_(token, std=0.02))
         # the official "init" variant scales masked features by a learnable gamma before adding the token
@@ -90,7 +90,7 @@ class A2MIM(nn.Module):
         """Loss terms and the prediction for a batch of normalised images and this step's masks."""
         inputs = fill_masked(images, masks.pixels, self.fill)
         features = self.backbone(inputs, hook=lambda stage, z: self.insert_tokens(stage, z, masks))
-        prediction = self.decoder(features)
+        prediction = self.decoder(self.backbone.feature_map(features))
 
         cfg = self.loss_cfg
         target = images.to(prediction.dtype)
@@ -101,7 +101,7 @@ class A2MIM(nn.Module):
         terms = {"loss_spatial": spatial.detach()}
         if cfg.freq_weight > 0:
             freq_in = frequency_input(prediction, target, masks.pixels, cfg.freq_unmasked, cfg.freq_unmasked_weight)
-            frequency = focal_frequency_loss(freq_in, target, alpha=cfg.freq_alpha)
+            frequency = focal_frequency_loss(freq_in, target, alpha=cfg.freq_alpha, focal=cfg.freq_focal)
             loss = loss + cfg.freq_weight * frequency
             terms["loss_freq"] = frequency.detach()
         # Tokens of stages no image used this step still take part (times zero): DDP expects every parameter to

@@ -1,10 +1,12 @@
-"""Any timm CNN, run stage by stage, with a hook after every stage (where a mask token can enter).
+"""Any timm CNN or ViT, run stage by stage, with a hook after every stage (where a mask token can enter).
 
 Stage numbering follows the official A2MIM code. For ResNet: stage 0 = the stem output after max-pool (stride 4),
 stage k = the output of residual layer k (ResNet-50 at 224: 0 -> 56x56x64, 1 -> 56x56x256, 2 -> 28x28x512,
 3 -> 14x14x1024, 4 -> 7x7x2048). In general the stages are timm's ``feature_info`` points of stride >= 4, preceded by
-the stem when the stem alone already reaches stride 4. The timm model is kept whole as ``self.model``, so its
-state dict keeps timm's parameter names (exported weights load back into ``timm.create_model``).
+the stem when the stem alone already reaches stride 4. ViTs (``ViTBackbone``): stage 0 = the patch embedding,
+stage k = the output of block k; hooks see the patch tokens as a feature map, so mask-token code is the same for both.
+The timm model is kept whole as ``self.model``, so its state dict keeps timm's parameter names (exported weights load
+back into ``timm.create_model``).
 """
 
 from __future__ import annotations
@@ -15,14 +17,25 @@ import torch
 from torch import nn
 
 from mixmask._compat import timm
-from mixmask.config import ConfigError
+from mixmask.config import ConfigError, is_vit
 
 # Presets are timm entry points with overridden arguments, so exported weights load with timm alone:
 # timm.create_model("resnet18", layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), ...) is resnet_tiny.
 PRESETS: dict[str, tuple[str, dict]] = {
     # BasicBlock ResNet, layers 1-1-1-1, channels 32-64-128-256 (1.25 M parameters): the CPU workhorse
     "resnet_tiny": ("resnet18", {"layers": (1, 1, 1, 1), "channels": (32, 64, 128, 256)}),
+    # ViT-Tiny (192 wide, 3 heads) with 8 px patches and 6 blocks (2.7 M parameters): a ViT a CPU trains at 64 px
+    "vit_tiny_p8": ("vit_tiny_patch16_224", {"patch_size": 8, "depth": 6}),
 }
+
+Hook = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def build_backbone(name: str, image_size: int = 224, **timm_kwargs) -> Backbone | ViTBackbone:
+    """A ViT (for names ``vit_*``, ``deit_*``, ``deit3_*``; built for ``image_size``) or a CNN, run stage by stage."""
+    if is_vit(name):
+        return ViTBackbone(name, image_size, **timm_kwargs)
+    return Backbone(name, **timm_kwargs)
 
 
 def timm_name_and_args(name: str) -> tuple[str, dict]:
@@ -116,8 +129,9 @@ class Backbone(nn.Module):
             )
         return [size // o.shape[-1] for o in outputs], [o.shape[1] for o in outputs]
 
-    def forward(self, x: torch.Tensor, hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """The last stage's feature map; ``hook(k, features)`` may replace stage k's output before stage k+1."""
+    def forward(self, x: torch.Tensor, hook: Hook | None = None) -> torch.Tensor:
+        """The last stage's feature map (what timm's ``forward_head`` takes); ``hook(k, features)`` may replace
+        stage k's output before stage k+1."""
         for k, names in enumerate(self.stage_modules):
             for name in names:
                 x = self._module(name)(x)
@@ -125,13 +139,68 @@ class Backbone(nn.Module):
                 x = hook(k, x)
         return x
 
+    def feature_map(self, features: torch.Tensor) -> torch.Tensor:
+        """``forward``'s output as a (B, C, h, w) map for a decoder: a CNN's is one already."""
+        return features
+
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every stage's output (for CKA and feature analyses)."""
-        outputs: list[torch.Tensor] = []
+        return forward_stages(self, x)
 
-        def keep(k: int, features: torch.Tensor) -> torch.Tensor:
-            outputs.append(features)
-            return features
 
-        self.forward(x, keep)
-        return outputs
+def forward_stages(backbone: Backbone | ViTBackbone, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every stage's output as a feature map (for CKA and feature analyses)."""
+    outputs: list[torch.Tensor] = []
+
+    def keep(k: int, features: torch.Tensor) -> torch.Tensor:
+        outputs.append(features)
+        return features
+
+    backbone(x, keep)
+    return outputs
+
+
+class ViTBackbone(nn.Module):
+    """A timm VisionTransformer with ``Backbone``'s interface. Stage 0 is the patch embedding before the position
+    embedding (where A2MIM and SimMIM put the mask token on ViTs), stage k the output of block k. Every stage has the
+    patch's stride and the embedding width. ``forward`` returns the normalised token sequence (class token first),
+    which timm's ``forward_head`` pools."""
+
+    def __init__(self, name: str, image_size: int = 224, **timm_kwargs):
+        super().__init__()
+        self.name = name
+        self.model = create_timm_model(name, img_size=image_size, **timm_kwargs)
+        if not isinstance(self.model, timm.models.VisionTransformer):
+            raise ConfigError(f"config field `model.backbone`: {name!r} is not a timm VisionTransformer")
+        if getattr(self.model, "dynamic_img_size", False):
+            raise ConfigError(f"config field `model.backbone`: {name!r} with dynamic_img_size is not supported")
+        depth = len(self.model.blocks)
+        self.patch_size = self.model.patch_embed.patch_size[0]
+        self.grid = tuple(self.model.patch_embed.grid_size)
+        self.strides = [self.patch_size] * (depth + 1)
+        self.channels = [self.model.embed_dim] * (depth + 1)
+        stem = ["patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"]
+        self.stage_modules = [stem, *[[f"blocks.{i}"] for i in range(depth)]]
+
+    def to_map(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, N, C) -> (B, C, h, w)."""
+        return patches.transpose(1, 2).unflatten(2, self.grid)
+
+    def feature_map(self, features: torch.Tensor) -> torch.Tensor:
+        return self.to_map(features[:, self.model.num_prefix_tokens :])
+
+    def forward(self, x: torch.Tensor, hook: Hook | None = None) -> torch.Tensor:
+        vit = self.model
+        x = vit.patch_embed(x)
+        if hook is not None:
+            x = hook(0, self.to_map(x)).flatten(2).transpose(1, 2)
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
+        prefix = vit.num_prefix_tokens
+        for k, block in enumerate(vit.blocks, start=1):
+            x = block(x)
+            if hook is not None:
+                patches = hook(k, self.to_map(x[:, prefix:])).flatten(2).transpose(1, 2)
+                x = torch.cat([x[:, :prefix], patches], dim=1)
+        return vit.norm(x)
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return forward_stages(self, x)

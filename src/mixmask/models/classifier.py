@@ -15,16 +15,20 @@ from torch import nn
 
 from mixmask._compat import timm
 from mixmask.config import ConfigError
-from mixmask.models.backbone import Backbone, create_timm_model
+from mixmask.models.backbone import build_backbone, create_timm_model
 
 
 class Classifier(nn.Module):
     """``backbone`` stage by stage, then timm's head. ``frozen=True`` is the linear probe: the backbone stays in eval
-    mode (BatchNorm statistics fixed), has no gradients, and only the head learns."""
+    mode (BatchNorm statistics fixed), has no gradients, and only the head learns. ``image_size`` matters for ViTs
+    (their position embeddings); ``drop_path`` is timm's stochastic depth."""
 
-    def __init__(self, backbone: str, num_classes: int, frozen: bool = False):
+    def __init__(
+        self, backbone: str, num_classes: int, frozen: bool = False, image_size: int = 224, drop_path: float = 0.0
+    ):
         super().__init__()
-        self.backbone = Backbone(backbone, num_classes=num_classes)
+        extra = {"drop_path_rate": drop_path} if drop_path > 0 else {}
+        self.backbone = build_backbone(backbone, image_size, num_classes=num_classes, **extra)
         self.frozen = frozen
         if frozen:
             for name, param in self.backbone.model.named_parameters():
@@ -54,10 +58,11 @@ class Classifier(nn.Module):
         return self.timm_model.get_classifier()(self.features(x))
 
     def layer_of(self, param_name: str) -> int:
-        """Depth of a parameter for layer-wise lr decay: stage k -> k, the head -> number of stages."""
+        """Depth of a parameter for layer-wise lr decay: stage k -> k, the head (and a ViT's final norm) -> number of
+        stages."""
         name = param_name.removeprefix("backbone.model.")
         for k, modules in enumerate(self.backbone.stage_modules):
-            if any(name.startswith(m + ".") for m in modules):
+            if any(name == m or name.startswith(m + ".") for m in modules):
                 return k
         return len(self.backbone.stage_modules)
 

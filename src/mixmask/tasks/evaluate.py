@@ -61,7 +61,7 @@ def load_classifier(cfg: Config, run_dir: Path, device: torch.device) -> Classif
             "(finetune with finetune.probe=none or linear)"
         )
     weights = read_weights(run_dir)
-    classifier = Classifier(cfg.model.backbone, classes_in(weights, cfg.model.backbone))
+    classifier = Classifier(cfg.model.backbone, classes_in(weights, cfg.model.backbone), image_size=cfg.data.image_size)
     classifier.timm_model.load_state_dict(weights)
     return classifier.to(device).eval()
 
@@ -103,10 +103,12 @@ def factor_results(
 
 def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.device) -> list[dict[str, Any]]:
     """Masked-pixel PSNR per strategy of a pretraining run, with its figure grids."""
-    from mixmask.tasks.pretrain import build_a2mim, reconstruction_images
+    from mixmask.tasks.pretrain import build_pretrain_model, reconstruction_images
 
     cfg = resume_config(pretrain_run)
-    model, masker = build_a2mim(cfg)
+    model, masker = build_pretrain_model(cfg)
+    if masker is None:  # a contrastive method: nothing to reconstruct
+        return []
     load_checkpoint(pretrain_run / "checkpoints" / "last", model, restore_rng=False)
     model.to(device).eval()
     images = reconstruction_images(cfg).to(device)

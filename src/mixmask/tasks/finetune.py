@@ -26,7 +26,13 @@ from mixmask.models.classifier import Classifier, load_backbone_weights
 
 def build_classifier(cfg: Config, num_classes: int) -> tuple[Classifier, dict[str, Any]]:
     """The classifier with its backbone initialised from ``finetune.init`` (head always fresh)."""
-    classifier = Classifier(cfg.model.backbone, num_classes, frozen=cfg.finetune.probe == "linear")
+    classifier = Classifier(
+        cfg.model.backbone,
+        num_classes,
+        frozen=cfg.finetune.probe == "linear",
+        image_size=cfg.data.image_size,
+        drop_path=cfg.model.drop_path,
+    )
     init: dict[str, Any] = {"from": cfg.finetune.init or "scratch"}
     if cfg.finetune.init:
         init |= load_backbone_weights(classifier, cfg.finetune.init)

@@ -1,0 +1,243 @@
+"""MAE (Masked Autoencoders Are Scalable Vision Learners, He et al., CVPR 2022) on a timm ViT, read top to bottom.
+
+One step: the image is cut into the ViT's patches; the encoder (the timm ``VisionTransformer`` kept whole as
+``self.backbone.model``) sees only the visible patches, each with its position embedding, plus the class/register
+tokens; a light Transformer decoder gets the encoded visible tokens and a shared learnable mask token for every
+masked patch, back in patch order with fixed 2D sin-cos position embeddings, and predicts each patch's pixels; the
+loss is the mean squared error per patch, averaged over the masked patches only (optionally against patches
+normalised by their own mean and variance, MAE's ``norm_pix_loss``).
+
+As in MAE: visible-only encoder; fixed 2D sin-cos position embeddings in the encoder (frozen, class-token slot
+zero) and in the decoder; decoder = Linear -> ``decoder_depth`` pre-norm blocks (mlp_ratio 4, qkv bias, LayerNorm
+eps 1e-6) -> LayerNorm -> Linear to ``patch**2 * 3`` pixels in (row, column, channel) order; the decoder keeps the
+encoder's class (and register) token slots, with zero position embedding, and drops them before the prediction
+head; MAE's initialisation of the whole model (xavier-uniform Linear layers and patch projection, LayerNorm 1/0,
+class and mask tokens normal(0.02)); loss in fp32.
+
+What differs:
+- The masks come from mixmask's masker, not MAE's per-image random shuffle: ``masks.stages[0]`` is an exact-count
+  mask on the ViT patch grid drawn from any mask patch that is a multiple of the ViT patch (a 32 px mask patch
+  drops 4x4 ViT patches at once), so block-wise and mixed masking work with MAE too. Every image of a batch must
+  drop the same number of patches (true for one strategy, and for ``per_batch`` mixing; ``per_sample`` mixing of
+  strategies with different counts is refused with a clear error).
+- Visible patches keep their patch order in the encoder (MAE's shuffle orders them randomly; attention does not
+  care, and patch order makes the tokens reproducible and easy to test).
+- The sin-cos embeddings come from timm (``build_sincos2d_pos_embed``): the same frequencies as MAE's
+  numpy code, with the channels in another fixed order (sin h, sin w, cos h, cos w), which a learned network does
+  not notice.
+- ``prediction`` is the full image in the input's normalised space. With ``norm_pix`` the per-patch normalisation
+  is undone with the *target* patch's mean and variance (MAE itself has no such output), so the figures look like
+  images; the PSNR of a norm_pix model therefore borrows each masked patch's true mean and contrast and is not
+  comparable with the PSNR of a model trained on raw pixels.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from mixmask._compat import timm
+from mixmask.config import ConfigError, MAEConfig
+from mixmask.masking import MaskBatch
+from mixmask.models.backbone import ViTBackbone
+
+# Parts of the timm ViT the encoder runs; anything else (a pooling norm, an attention pool, a head) is unused.
+ENCODER_PARTS = ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre", "blocks", "norm")
+
+
+def sincos_pos_embed(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """Fixed 2D sin-cos position embeddings (h * w, dim) for a patch grid, row-major like the patch tokens."""
+    if dim % 4:
+        raise ConfigError(f"a 2D sin-cos position embedding needs a width divisible by 4, got {dim}")
+    return timm.layers.pos_embed_sincos.build_sincos2d_pos_embed(list(grid), dim)
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, h * w, patch * patch * 3), patches row-major, pixels as (row, column, channel)."""
+    b, c, height, width = images.shape
+    h, w = height // patch, width // patch
+    x = images.reshape(b, c, h, patch, w, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, patch * patch * c)
+
+
+def unpatchify(patches: torch.Tensor, patch: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The inverse of ``patchify``: (B, h * w, patch * patch * 3) -> (B, 3, h * patch, w * patch)."""
+    b = patches.shape[0]
+    h, w = grid
+    x = patches.reshape(b, h, w, patch, patch, -1)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, -1, h * patch, w * patch)
+
+
+def normalise_patches(patches: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MAE's norm_pix targets: each patch minus its mean, over sqrt(its variance + eps). Returns the normalised
+    patches and the (mean, std) that undo it. The variance is unbiased, as in MAE (``Tensor.var``)."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    std = (patches.var(dim=-1, keepdim=True) + eps).sqrt()
+    return (patches - mean) / std, mean, std
+
+
+class MAE(nn.Module):
+    """MAE on ``backbone`` (a ``ViTBackbone``); ``cfg`` sizes the decoder; ``norm_pix`` normalises each target patch.
+    ``init_encoder=False`` keeps the encoder's weights (e.g. to continue from a checkpoint); by default the whole
+    model is initialised the MAE way. Called as ``model(images, masks)`` like A2MIM."""
+
+    def __init__(self, backbone: ViTBackbone, cfg: MAEConfig, norm_pix: bool = False, init_encoder: bool = True):
+        super().__init__()
+        if not isinstance(backbone, ViTBackbone):
+            raise ConfigError("config field `model.backbone`: MAE needs a Vision Transformer backbone")
+        self.backbone = backbone
+        self.norm_pix = norm_pix
+        vit = backbone.model
+        self.patch_size = backbone.patch_size
+        self.grid = backbone.grid
+        self.num_prefix = vit.num_prefix_tokens
+
+        # decoder: embed, mask token, fixed position embedding (patch slots only: prefix slots get none), blocks
+        width = cfg.decoder_dim
+        if width % 4:
+            raise ConfigError(f"config field `model.mae.decoder_dim`: got {width}; expected a multiple of 4 (sin-cos)")
+        self.decoder_embed = nn.Linear(vit.embed_dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        # a derived constant: not saved, rebuilt from the config
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed(self.grid, width)[None], persistent=False)
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.decoder_blocks = nn.Sequential(
+            *[
+                timm.models.vision_transformer.Block(
+                    width, cfg.decoder_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm_layer
+                )
+                for _ in range(cfg.decoder_depth)
+            ]
+        )
+        self.decoder_norm = norm_layer(width)
+        self.decoder_pred = nn.Linear(width, self.patch_size**2 * 3)
+
+        self._init_weights(init_encoder)
+
+    # ------------------------------------------------------------------------------------------------ init
+
+    def _init_weights(self, init_encoder: bool) -> None:
+        nn.init.normal_(self.mask_token, std=0.02)
+        modules: list[nn.Module] = [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred]
+        vit = self.backbone.model
+        if init_encoder:
+            # MAE's encoder: fixed sin-cos position embedding (frozen; prefix slots zero), the patch projection
+            # initialised like a Linear layer, class/register tokens normal(0.02)
+            if vit.pos_embed is not None:
+                with torch.no_grad():
+                    vit.pos_embed.zero_()
+                    vit.pos_embed[0, vit.pos_embed.shape[1] - self.grid[0] * self.grid[1] :] = sincos_pos_embed(
+                        self.grid, vit.embed_dim
+                    )
+                vit.pos_embed.requires_grad_(False)
+            proj = vit.patch_embed.proj.weight
+            nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+            for token in (vit.cls_token, vit.reg_token):
+                if token is not None:
+                    nn.init.normal_(token, std=0.02)
+            modules += [vit.blocks, vit.norm, vit.norm_pre]
+        for module in modules:
+            module.apply(_init_linear_and_norm)
+
+    # -------------------------------------------------------------------------------------------- encoder
+
+    def patch_mask(self, masks: MaskBatch, batch_size: int) -> tuple[torch.Tensor, int]:
+        """The (B, h * w) bool mask on the ViT grid (True = masked) and the number of visible patches per image."""
+        if 0 not in masks.stages:
+            raise ValueError(f"MAE needs the mask on the ViT patch grid (stage 0); got stages {sorted(masks.stages)}")
+        mask = masks.stages[0]
+        if tuple(mask.shape) != (batch_size, *self.grid):
+            raise ValueError(f"MAE: mask of shape {tuple(mask.shape)}, expected {(batch_size, *self.grid)}")
+        mask = mask.flatten(1)
+        masked = mask.sum(dim=1)
+        # one sync per step; MAE's encoder batches a fixed number of visible tokens per image
+        counts = masked.unique().tolist()
+        if len(counts) != 1:
+            raise ValueError(
+                f"MAE drops masked patches, so every image of a batch must mask the same number of patches; this "
+                f"batch masks {counts} patches per image (per_sample mixing of strategies with different counts?). "
+                "Use masking.mix=per_batch or strategies whose ratio gives the same count"
+            )
+        return mask, mask.shape[1] - counts[0]
+
+    def encode(self, images: torch.Tensor, mask: torch.Tensor, visible: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder on the visible patches only. Returns the normalised tokens (B, prefix + visible, C) and
+        ``order``: each image's patch indices, visible ones first (both groups in patch order)."""
+        vit = self.backbone.model
+        x = vit.patch_embed(images)  # (B, N, C)
+        prefix_pos = None
+        if vit.pos_embed is not None:
+            if vit.no_embed_class:  # deit-3 style: patches only
+                x = x + vit.pos_embed
+            else:  # the prefix entries come first
+                prefix_pos = vit.pos_embed[:, : self.num_prefix]
+                x = x + vit.pos_embed[:, self.num_prefix :]
+        # a stable sort on the mask puts visible patches (False) first without changing their order
+        order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+        keep = order[:, :visible]
+        x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        if prefix:
+            tokens = torch.cat(prefix, dim=1)
+            if prefix_pos is not None:
+                tokens = tokens + prefix_pos
+            x = torch.cat([tokens, x], dim=1)
+        x = vit.norm_pre(vit.pos_drop(x))
+        x = vit.blocks(x)
+        return vit.norm(x), order
+
+    # -------------------------------------------------------------------------------------------- decoder
+
+    def decode(self, latent: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Predicted pixels per patch (B, N, patch * patch * 3) from the encoded visible tokens."""
+        x = self.decoder_embed(latent)
+        prefix, visible = x[:, : self.num_prefix], x[:, self.num_prefix :]
+        b, n = order.shape
+        tokens = torch.cat([visible, self.mask_token.to(x.dtype).expand(b, n - visible.shape[1], -1)], dim=1)
+        restore = torch.argsort(order, dim=1)  # back to patch order
+        tokens = torch.gather(tokens, 1, restore[..., None].expand(-1, -1, tokens.shape[-1]))
+        tokens = tokens + self.decoder_pos_embed.to(tokens.dtype)
+        x = self.decoder_blocks(torch.cat([prefix, tokens], dim=1))
+        x = self.decoder_norm(x)
+        return self.decoder_pred(x[:, self.num_prefix :])
+
+    # ----------------------------------------------------------------------------------------------- step
+
+    def forward(self, images: torch.Tensor, masks: MaskBatch) -> dict[str, torch.Tensor]:
+        """Loss (MSE on masked patches) and the predicted image for normalised ``images`` and this step's masks."""
+        mask, visible = self.patch_mask(masks, images.shape[0])
+        latent, order = self.encode(images, mask, visible)
+        pred = self.decode(latent, order).float()
+
+        target = patchify(images.float(), self.patch_size)
+        if self.norm_pix:
+            target, mean, std = normalise_patches(target)
+        per_patch = ((pred - target) ** 2).mean(dim=-1)
+        weight = mask.float()
+        loss = (per_patch * weight).sum() / weight.sum()
+
+        pixels = pred * std + mean if self.norm_pix else pred
+        prediction = unpatchify(pixels, self.patch_size, self.grid)
+        # Encoder parts MAE never runs (a pooling norm or attention pool) still take part (times zero): DDP expects
+        # every trainable parameter to get a gradient.
+        unused = [
+            p
+            for name, p in self.backbone.model.named_parameters()
+            if p.requires_grad and name.split(".")[0] not in ENCODER_PARTS
+        ]
+        if unused:
+            loss = loss + sum(p.sum() for p in unused) * 0.0
+        return {"loss": loss, "loss_spatial": loss.detach(), "prediction": prediction}
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    """MAE's ``_init_weights``: xavier-uniform Linear weights, zero biases, LayerNorm weight 1 and bias 0."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
