@@ -286,3 +286,17 @@ def test_the_page_renders_in_a_headless_browser(built, tmp_path):
                    capture_output=True, timeout=60, check=True)  # fmt: skip
     with Image.open(shot) as image:
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or [0, 0]) > 1
+
+
+def test_labels_name_the_method_and_a_vit_backbone():
+    from mixmask.report.tables import masking_label, method_label
+
+    strategy = [{"patch_size": 8, "ratio": 0.75, "kind": "random", "stage": 0}]
+    assert method_label({"method": "a2mim", "backbone": "resnet50"}) == ""
+    assert method_label({"method": "simmim", "backbone": "resnet50"}) == "SimMIM"
+    assert method_label({"method": "mae", "backbone": "vit_tiny_p8"}) == "MAE [vit_tiny_p8]"
+    assert masking_label(strategy, method="MAE [vit_tiny_p8]") == "MAE [vit_tiny_p8]: patch 8 / 0.75 @ stage 0"
+    assert masking_label(strategy) == "patch 8 / 0.75 @ stage 0"
+    assert masking_label([], method="MoCo v3") == "MoCo v3: two views, no mask"
+    assert masking_label([], init="scratch, vit_tiny_p8") == "none (scratch, vit_tiny_p8)"
+    assert masking_label([]) == "none (scratch)"

@@ -61,6 +61,12 @@ def test_expansion_builds_every_stage_config():
         ({"name": "x y"}, "variant 1"),
         ({"name": "p4"}, "used twice"),
         ({"name": "typo", "finetun": []}, "key `finetun`"),
+        (
+            {"name": "vit", "pretrain": ["model.backbone=vit_tiny_p8", "masking.strategies=[{patch_size: 8}]"]},
+            "variant 'vit', finetune: model.backbone='resnet_tiny' but the variant pretrains "
+            "model.backbone='vit_tiny_p8'",
+        ),
+        ({"name": "nofile", "pretrain": "missing.yaml"}, "config file not found"),
     ],
 )
 def test_a_bad_variant_fails_before_anything_runs(tmp_path, variant, message):
@@ -186,8 +192,8 @@ def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
 @pytest.mark.parametrize(
     "path, variants",
     [
-        (ROOT / "configs/study/mix_and_mask_in100.yaml", 9),
-        (ROOT / "configs/study/mix_and_mask_shapesx.yaml", 9),
+        (ROOT / "configs/study/mix_and_mask_in100.yaml", 10),
+        (ROOT / "configs/study/mix_and_mask_shapesx.yaml", 10),
         (ROOT / "src/mixmask/resources/demo_shapesx.yaml", 5),
     ],
     ids=lambda p: getattr(p, "name", str(p)),
@@ -195,11 +201,49 @@ def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
 def test_shipped_studies_load_and_the_stage_follows_the_patch(path, variants):
     sweep = load_sweep(path)
     assert len(sweep.variants) == variants and sweep.variants[-1].stages == ["finetune", "evaluate"]
-    from mixmask.tasks.pretrain import build_a2mim
+    from mixmask.tasks.pretrain import build_pretrain_model
 
     stages = {}
     for variant in sweep.variants[:-1]:
-        _, masker = build_a2mim(variant.configs["pretrain"])
+        _, masker = build_pretrain_model(variant.configs["pretrain"])
+        if masker is None:  # the MoCo v3 baseline row
+            assert variant.name == "mocov3" and variant.configs["pretrain"].model.method == "mocov3"
+            continue
         stages |= {spec.patch_size: stage for spec, stage in zip(masker.specs, masker.stages, strict=True)}
     expected = {4: 1, 32: 3, 56: 2} if "in100" in path.name else {4: 1, 8: 2, 16: 3}
     assert {p: s for p, s in stages.items() if p in expected} == expected
+
+
+def test_a_variant_may_name_its_own_base_config_for_a_stage():
+    data = tiny_sweep()
+    own = str(ROOT / "configs/pretrain/simmim_tiny_shapesx.yaml")
+    data["variants"] = [{"name": "simmim", "pretrain": own}, *data["variants"]]
+    simmim, p4, _ = load_sweep(data=data).variants
+    assert simmim.configs["pretrain"].model.method == "simmim" and simmim.overrides["pretrain"] == []
+    assert simmim.configs["pretrain"].data.image_size == 32  # `common` still applies on top
+    assert p4.configs["pretrain"].model.method == "a2mim"
+
+
+@pytest.mark.parametrize(
+    "name, methods",
+    [
+        ("a2mim_ablation_shapesx.yaml", {"a2mim": 7, "simmim": 1}),
+        ("a2mim_ablation_r50_in100.yaml", {"a2mim": 7, "simmim": 1}),
+        ("baselines_shapesx.yaml", {"a2mim": 2, "simmim": 1, "mocov3": 1, "mae": 1}),
+    ],
+)
+def test_shipped_method_studies_load(name, methods):
+    sweep = load_sweep(ROOT / "configs/study" / name)
+    counted: dict[str, int] = {}
+    for variant in sweep.variants:
+        if "pretrain" in variant.stages:
+            method = variant.configs["pretrain"].model.method
+            counted[method] = counted.get(method, 0) + 1
+    assert counted == methods
+    if name.startswith("a2mim_ablation"):
+        by_name = {v.name: v.configs["pretrain"] for v in sweep.variants}
+        assert [by_name[f"stage{k}"].masking.strategies[0].stage for k in range(4)] == [0, 1, 2, 3]
+        spa, unweighted, freq = by_name["spa"], by_name["spa+freq_unweighted"], by_name["spa+freq"]
+        assert {spa.model.token_mode, unweighted.model.token_mode, freq.model.token_mode} == {"none"}
+        assert (spa.loss.freq_weight, unweighted.loss.freq_focal, freq.loss.freq_focal) == (0.0, False, True)
+        assert unweighted.loss.freq_weight == freq.loss.freq_weight == by_name["stage3"].loss.freq_weight == 0.5

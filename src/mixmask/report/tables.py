@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from mixmask.config import is_vit
 from mixmask.evaluation.imagenet_x import FACTORS, wilson_interval
 
 STAGES = ("pretrain", "finetune", "evaluate")
@@ -67,17 +68,30 @@ def _read_json(path: Path | None) -> dict | None:
         return None
 
 
-def _masking_of(pretrain_dir: Path | None, planned: dict | None) -> dict | None:
-    """The ``masking`` section of a pretraining run's config.yaml (checked with load_config), else the planned one."""
+def _pretrain_config(pretrain_dir: Path | None, planned: dict | None) -> dict:
+    """A pretraining run's config.yaml as a dict (checked with load_config), else the planned one."""
     from mixmask.config import ConfigError, load_config, to_dict
 
     if pretrain_dir is not None and (pretrain_dir / "config.yaml").is_file():
         try:
-            return to_dict(load_config(pretrain_dir / "config.yaml").masking)
+            return to_dict(load_config(pretrain_dir / "config.yaml"))
         except (ConfigError, OSError, TypeError, ValueError):  # a config of another version: read it as it is
-            raw = yaml.safe_load((pretrain_dir / "config.yaml").read_text()) or {}
-            return raw.get("masking")
-    return (planned or {}).get("masking")
+            return yaml.safe_load((pretrain_dir / "config.yaml").read_text()) or {}
+    return planned or {}
+
+
+METHOD_NAMES = {"a2mim": "A2MIM", "simmim": "SimMIM", "mae": "MAE", "mocov3": "MoCo v3"}
+
+
+def method_label(model: dict | None) -> str:
+    """``""`` for A2MIM on a CNN (the study's default), else the method and, for ViTs, the backbone:
+    ``SimMIM``, ``MAE [vit_tiny_p8]``."""
+    model = model or {}
+    method, backbone = model.get("method") or "a2mim", str(model.get("backbone") or "")
+    vit = is_vit(backbone)
+    if method == "a2mim" and not vit:
+        return ""
+    return METHOD_NAMES.get(method, method) + (f" [{backbone}]" if vit else "")
 
 
 def strategies(masking: dict | None, *reconstructions: list | None) -> list[dict[str, Any]]:
@@ -106,14 +120,25 @@ def strategy_label(strategy: dict, with_stage: bool = True) -> str:
     return text
 
 
-def masking_label(strategy_list: list[dict], mix: str | None = None, init: str | None = None) -> str:
-    """A human label for a variant's masking: one strategy, ``mixed: a | b``, or ``none (scratch)``."""
+def masking_label(strategy_list: list[dict], mix: str | None = None, init: str | None = None, method: str = "") -> str:
+    """A human label for a variant's masking: one strategy, ``mixed: a | b``, or ``none (scratch)``; after the
+    method when it is not A2MIM on a CNN (``MAE [vit_tiny_p8]: patch 8 / 0.75 @ stage 0``)."""
+    if method.startswith("MoCo v3"):
+        return f"{method}: two views, no mask"
     if not strategy_list:
-        return "none (scratch)" if not init else f"none (init: {Path(init).name})"
-    if len(strategy_list) == 1:
-        return strategy_label(strategy_list[0])
-    how = "mixed per sample" if mix == "per_sample" else "mixed"
-    return f"{how}: " + " | ".join(strategy_label(s, with_stage=False) for s in strategy_list)
+        label = (
+            "none (scratch)"
+            if not init
+            else f"none ({init})"
+            if init.startswith("scratch")
+            else f"none (init: {Path(init).name})"
+        )
+    elif len(strategy_list) == 1:
+        label = strategy_label(strategy_list[0])
+    else:
+        how = "mixed per sample" if mix == "per_sample" else "mixed"
+        label = f"{how}: " + " | ".join(strategy_label(s, with_stage=False) for s in strategy_list)
+    return f"{method}: {label}" if method else label
 
 
 def _finetune_init(finetune_dir: Path | None, spec: dict | None) -> str:
@@ -142,10 +167,15 @@ def _variant(
     if not has_pretrain and evaluate.get("reconstruction_run"):  # an extra run: its pretraining run is named there
         pretrain_dir = _resolve(evaluate["reconstruction_run"], Path.cwd())
         has_pretrain = pretrain_dir is not None and pretrain_dir.is_dir()
-    masking = _masking_of(pretrain_dir, planned) if has_pretrain else None
+    pretrain_config = _pretrain_config(pretrain_dir, planned) if has_pretrain else {}
+    masking = pretrain_config.get("masking") if (pretrain_config.get("model") or {}).get("method") != "mocov3" else None
+    method = method_label(pretrain_config.get("model")) if has_pretrain else ""
     pretrain_results = results.get("pretrain") or _read_json(pretrain_dir / "results.json" if pretrain_dir else None)
     strategy_list = strategies(masking, (pretrain_results or {}).get("reconstruction"), evaluate.get("reconstruction"))
     init = "" if has_pretrain else _finetune_init(paths.get("finetune"), spec)
+    backbone = str(((spec.get("configs") or {}).get("finetune") or {}).get("model", {}).get("backbone") or "")
+    if not has_pretrain and is_vit(backbone):  # scratch on a ViT: say so, the study's default is a CNN
+        init = init or f"scratch, {backbone}"
     return {
         "name": name,
         "description": str(spec.get("description") or ""),
@@ -158,8 +188,8 @@ def _variant(
         "results": {stage: results.get(stage) for stage in STAGES},
         "strategies": strategy_list,
         "mix": (masking or {}).get("mix"),
-        "masking": masking_label(strategy_list, (masking or {}).get("mix"), init)
-        if strategy_list or not has_pretrain
+        "masking": masking_label(strategy_list, (masking or {}).get("mix"), init, method)
+        if strategy_list or not has_pretrain or method.startswith("MoCo v3")
         else f"unknown (pretrain {(runs.get('pretrain') or {}).get('status') or 'not found'})",
     }
 

@@ -9,6 +9,7 @@ A sweep file names the base configs of the three stages and a list of variants, 
     common: [data.image_size=64]                      # overrides for every stage
     variants:
       - {name: patch4_r60, pretrain: ["masking.strategies=[{patch_size: 4, ratio: 0.6}]"]}
+      - {name: mocov3, pretrain: ../pretrain/mocov3_tiny_shapesx.yaml}   # a file: this variant's own base
       - {name: scratch, stages: [finetune, evaluate]}
 
 Every variant's configs are built and checked before anything runs, so a bad variant fails at once. Stage runs go to
@@ -50,6 +51,7 @@ class Variant:
     name: str
     stages: list[str]
     overrides: dict[str, list[str]]  # stage -> the variant's own overrides
+    bases: dict[str, dict] = field(default_factory=dict)  # stage -> the variant's own base config (else the sweep's)
     configs: dict[str, Config] = field(default_factory=dict)  # stage -> resolved config (before run paths)
     description: str = ""
 
@@ -95,7 +97,7 @@ def _base(value: Any, where: str, folder: Path) -> dict:
 def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Sweep:
     """Read and check a sweep: every variant's stage configs are built and validated (masking pairings included)
     before anything runs. Give a file, or ``data`` (an inline sweep; paths in it are relative to the cwd)."""
-    from mixmask.tasks.pretrain import build_a2mim
+    from mixmask.tasks.pretrain import build_pretrain_model
 
     folder = Path(path).parent if path else Path.cwd()
     text = Path(path).read_text() if path else yaml.safe_dump(data, sort_keys=False)
@@ -134,10 +136,15 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
             raise _error(f"{where}, `stages`", f"got {stages!r}; expected some of {list(STAGES)}, in that order")
         if stages[0] == "evaluate":
             raise _error(f"{where}, `stages`", "evaluate needs a pretrain or finetune stage before it")
+        own_bases = {stage: raw[stage] for stage in STAGES if isinstance(raw.get(stage), str)}
         variant = Variant(
             raw["name"],
             stages,
-            {stage: _overrides(raw.get(stage), f"{where}, `{stage}`") for stage in STAGES},
+            {
+                stage: _overrides(raw.get(stage) if stage not in own_bases else None, f"{where}, `{stage}`")
+                for stage in STAGES
+            },
+            bases={stage: _base(path, f"{where}, `{stage}`", folder) for stage, path in own_bases.items()},
             description=str(raw.get("description", "")),
         )
         for stage in stages:
@@ -147,9 +154,21 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
                 raise _error(f"{where}, {stage}", str(error)) from None
         if "pretrain" in stages:
             try:
-                build_a2mim(variant.configs["pretrain"])  # the patch/stage pairing rule needs the backbone
+                build_pretrain_model(variant.configs["pretrain"])  # the patch/stage pairing rule needs the backbone
             except ConfigError as error:
                 raise _error(f"{where}, pretrain", str(error)) from None
+        if "pretrain" in stages and "finetune" in stages:  # the finetuned network must be the pretrained one
+            pre, fine = variant.configs["pretrain"], variant.configs["finetune"]
+            for field_name, a, b in (
+                ("model.backbone", pre.model.backbone, fine.model.backbone),
+                ("data.image_size", pre.data.image_size, fine.data.image_size),
+            ):
+                if a != b:
+                    raise _error(
+                        f"{where}, finetune",
+                        f"{field_name}={b!r} but the variant pretrains {field_name}={a!r}; set {field_name}={a} in "
+                        "the variant's finetune overrides (or in `common`)",
+                    )
         variants.append(variant)
     return Sweep(name, str(data.get("description", "")), Path(path) if path else None, text, nproc, variants)
 
@@ -157,7 +176,7 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
 def _stage_config(stage: str, bases: dict[str, dict], common: list[str], variant: Variant) -> Config:
     own = variant.overrides[stage]
     if stage != "evaluate":
-        return load_config(None, [*common, *own], base=bases[stage])
+        return load_config(None, [*common, *own], base=variant.bases.get(stage, bases[stage]))
     # evaluate reads the evaluated run's config, then the sweep's evaluate settings, then the overrides
     target = "finetune" if "finetune" in variant.stages else "pretrain"
     evaluated = to_dict(variant.configs[target])
@@ -342,20 +361,28 @@ def _train_step_seconds(stage: str, cfg: Config, device: torch.device) -> float:
     """One optimisation step on random data, as the stage would run it (masks, losses, AdamW)."""
     from mixmask.engine.optim import build_optimizer
     from mixmask.models.classifier import Classifier
-    from mixmask.tasks.pretrain import build_a2mim
+    from mixmask.tasks.pretrain import build_pretrain_model
 
     size, batch = cfg.data.image_size, cfg.train.batch_size
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.zeros(batch, dtype=torch.long, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    if stage == "pretrain":
-        model, masker = build_a2mim(cfg)
+    if stage == "pretrain" and cfg.model.method == "mocov3":
+        model, _ = build_pretrain_model(cfg)
+        views = torch.randn(batch, 2, 3, size, size, device=device)
+
+        def loss():
+            return model(views, momentum=cfg.model.mocov3.momentum)["loss"]
+    elif stage == "pretrain":
+        model, masker = build_pretrain_model(cfg)
         counter = iter(range(10**6))
 
         def loss():
             return model(images, masker(next(counter), batch, size, device=device))["loss"]
     else:
-        model = Classifier(cfg.model.backbone, 10, frozen=cfg.finetune.probe == "linear")
+        model = Classifier(
+            cfg.model.backbone, 10, frozen=cfg.finetune.probe == "linear", image_size=cfg.data.image_size
+        )
 
         def loss():
             return torch.nn.functional.cross_entropy(model(images).float(), labels)
@@ -376,7 +403,7 @@ def _train_step_seconds(stage: str, cfg: Config, device: torch.device) -> float:
 def _forward_seconds_per_image(cfg: Config, device: torch.device) -> float:
     from mixmask.models.classifier import Classifier
 
-    model = Classifier(cfg.model.backbone, 10).to(device).eval()
+    model = Classifier(cfg.model.backbone, 10, image_size=cfg.data.image_size).to(device).eval()
     images = torch.randn(min(cfg.eval.batch_size, 64), 3, cfg.data.image_size, cfg.data.image_size, device=device)
     with torch.no_grad():
         return _timed(lambda: model(images), device) / len(images)
