@@ -162,3 +162,23 @@ def test_vit_a2mim_loss_falls_on_shapesx():
         losses.append(loss.item())
     # measured over seeds 0-2: the last five steps average 0.59-0.65 of the first five
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
+
+
+def test_vit_pretrain_cli_run_and_its_reconstructions_are_saved(tmp_path):
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from mixmask.cli import main
+    from mixmask.tasks.evaluate import reconstruction_results
+
+    run = tmp_path / "a2mim_vit"
+    config = str(Path(__file__).resolve().parents[1] / "configs/pretrain/a2mim_vit_tiny_shapesx.yaml")
+    overrides = ["data.image_size=32", "data.shapesx.train=64", "data.shapesx.val=8", "data.num_workers=0"]
+    overrides += ["train.batch_size=32", "train.epochs=1", "masking.strategies=[{patch_size: 16, ratio: 0.5}]"]
+    assert main(["pretrain", config, *overrides, "--out", str(run)]) == 0
+    [result] = reconstruction_results(run, tmp_path / "eval", torch.device("cpu"))
+    assert (result["patch_size"], result["stage"]) == (16, 0) and 5 < result["psnr_masked"] < 60
+    rows = load_file(tmp_path / "eval" / result["images"])
+    assert set(rows) == {"masked", "prediction", "pasted", "original"}
+    assert all(row.dtype == torch.uint8 and row.shape[1:] == (3, 32, 32) for row in rows.values())

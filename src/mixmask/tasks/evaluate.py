@@ -117,7 +117,8 @@ def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.devi
         stem = f"reconstructions/p{result['patch_size']}_r{result['ratio']}_s{result['stage']}"
         save_reconstruction_figure(result, out_dir / f"{stem}.png")
         # the image rows as uint8 (B, 3, H, W) tensors, so a report can lay out several runs side by side
-        rows = {name: (row * 255).round().to(torch.uint8).cpu() for name, row in result["rows"].items()}
+        # (contiguous: a ViT's decoder output is a channels-last view, which safetensors refuses)
+        rows = {name: (row * 255).round().to(torch.uint8).cpu().contiguous() for name, row in result["rows"].items()}
         save_file(rows, out_dir / f"{stem}.safetensors")
         saved = {"figure": f"{stem}.png", "images": f"{stem}.safetensors"}
         results.append({k: v for k, v in result.items() if k != "rows"} | saved)
