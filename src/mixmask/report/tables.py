@@ -89,9 +89,10 @@ def method_label(model: dict | None) -> str:
     model = model or {}
     method, backbone = model.get("method") or "a2mim", str(model.get("backbone") or "")
     vit = is_vit(backbone)
-    if method == "a2mim" and not vit:
+    no_token = method == "a2mim" and model.get("token_mode") == "none"  # the ablation without the mask token
+    if method == "a2mim" and not vit and not no_token:
         return ""
-    return METHOD_NAMES.get(method, method) + (f" [{backbone}]" if vit else "")
+    return METHOD_NAMES.get(method, method) + (", no token" if no_token else "") + (f" [{backbone}]" if vit else "")
 
 
 def strategies(masking: dict | None, *reconstructions: list | None) -> list[dict[str, Any]]:
@@ -120,9 +121,12 @@ def strategy_label(strategy: dict, with_stage: bool = True) -> str:
     return text
 
 
-def masking_label(strategy_list: list[dict], mix: str | None = None, init: str | None = None, method: str = "") -> str:
+def masking_label(
+    strategy_list: list[dict], mix: str | None = None, init: str | None = None, method: str = "", token: bool = True
+) -> str:
     """A human label for a variant's masking: one strategy, ``mixed: a | b``, or ``none (scratch)``; after the
-    method when it is not A2MIM on a CNN (``MAE [vit_tiny_p8]: patch 8 / 0.75 @ stage 0``)."""
+    method when it is not A2MIM on a CNN (``SimMIM: patch 8 / 0.6 @ stage 0``). ``token=False`` (no mask token, as
+    MAE): no stage is shown, since nothing enters there."""
     if method.startswith("MoCo v3"):
         return f"{method}: two views, no mask"
     if not strategy_list:
@@ -134,7 +138,7 @@ def masking_label(strategy_list: list[dict], mix: str | None = None, init: str |
             else f"none (init: {Path(init).name})"
         )
     elif len(strategy_list) == 1:
-        label = strategy_label(strategy_list[0])
+        label = strategy_label(strategy_list[0], with_stage=token)
     else:
         how = "mixed per sample" if mix == "per_sample" else "mixed"
         label = f"{how}: " + " | ".join(strategy_label(s, with_stage=False) for s in strategy_list)
@@ -170,6 +174,7 @@ def _variant(
     pretrain_config = _pretrain_config(pretrain_dir, planned) if has_pretrain else {}
     masking = pretrain_config.get("masking") if (pretrain_config.get("model") or {}).get("method") != "mocov3" else None
     method = method_label(pretrain_config.get("model")) if has_pretrain else ""
+    token = (pretrain_config.get("model") or {}).get("token_mode") != "none"
     pretrain_results = results.get("pretrain") or _read_json(pretrain_dir / "results.json" if pretrain_dir else None)
     strategy_list = strategies(masking, (pretrain_results or {}).get("reconstruction"), evaluate.get("reconstruction"))
     init = "" if has_pretrain else _finetune_init(paths.get("finetune"), spec)
@@ -188,7 +193,7 @@ def _variant(
         "results": {stage: results.get(stage) for stage in STAGES},
         "strategies": strategy_list,
         "mix": (masking or {}).get("mix"),
-        "masking": masking_label(strategy_list, (masking or {}).get("mix"), init, method)
+        "masking": masking_label(strategy_list, (masking or {}).get("mix"), init, method, token)
         if strategy_list or not has_pretrain or method.startswith("MoCo v3")
         else f"unknown (pretrain {(runs.get('pretrain') or {}).get('status') or 'not found'})",
     }
