@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     training_command(
         "pretrain",
-        "A2MIM pretraining with free or mixed masking (one GPU, CPU, or many through torchrun)",
+        "self-supervised pretraining: A2MIM with free or mixed masking, SimMIM, MAE, MoCo v3 (CPU, one GPU or torchrun)",
         cmd_pretrain,
     )
     training_command(
