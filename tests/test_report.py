@@ -299,6 +299,33 @@ def test_labels_name_the_method_and_a_vit_backbone():
     assert method_label({"method": "a2mim", "backbone": "vit_tiny_p8", "token_mode": "add"}) == "A2MIM [vit_tiny_p8]"
     assert masking_label(strategy, method="MAE [vit_tiny_p8]", token=False) == "MAE [vit_tiny_p8]: patch 8 / 0.75"
     assert masking_label(strategy) == "patch 8 / 0.75 @ stage 0"
-    assert masking_label([], method="MoCo v3") == "MoCo v3: two views, no mask"
-    assert masking_label([], init="scratch, vit_tiny_p8") == "none (scratch, vit_tiny_p8)"
     assert masking_label([]) == "none (scratch)"
+
+
+def test_planned_variants_are_labelled_by_method(tmp_path):
+    """Labels come from the planned configs before anything ran: MoCo v3 masks nothing, a ViT trained from scratch
+    says which network, MAE and the A2MIM no-token ablation show no stage."""
+    pretrain_configs = {
+        "moco": ("mocov3_tiny_shapesx.yaml", []),
+        "mae": ("mae_vit_tiny_shapesx.yaml", []),
+        "no_token": ("a2mim_tiny_shapesx.yaml", ["model.token_mode=none", "masking.strategies=[{patch_size: 16}]"]),
+        "simmim": ("simmim_tiny_shapesx.yaml", ["masking.strategies=[{patch_size: 8, ratio: 0.6}]"]),
+    }
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.set_meta(name="planned", created=time.time())
+    for position, (name, (file, overrides)) in enumerate(pretrain_configs.items()):
+        config = to_dict(load_config(ROOT / "configs/pretrain" / file, overrides))
+        spec = {"stages": ["pretrain"], "overrides": {}, "description": "", "configs": {"pretrain": config}}
+        store.add_variant(name, position, spec, {"pretrain": f"runs/{name}/pretrain"})
+    vit = to_dict(load_config(ROOT / "configs/finetune/tiny_shapesx.yaml", ["model.backbone=vit_tiny_p8"]))
+    spec = {"stages": ["finetune"], "overrides": {}, "description": "", "configs": {"finetune": vit}}
+    store.add_variant("vit_scratch", 4, spec, {"finetune": "runs/vit_scratch/finetune"})
+    store.close()
+    labels = {v["name"]: v["masking"] for v in tables.collect_variants(tmp_path)}
+    assert labels == {
+        "moco": "MoCo v3: two views, no mask",
+        "mae": "MAE [vit_tiny_p8]: patch 8 / 0.75",
+        "no_token": "A2MIM, no token: patch 16 / 0.6",
+        "simmim": "SimMIM: patch 8 / 0.6",  # the planned stage is auto: shown once a run resolves it
+        "vit_scratch": "none (scratch, vit_tiny_p8)",
+    }

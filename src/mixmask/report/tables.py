@@ -127,16 +127,8 @@ def masking_label(
     """A human label for a variant's masking: one strategy, ``mixed: a | b``, or ``none (scratch)``; after the
     method when it is not A2MIM on a CNN (``SimMIM: patch 8 / 0.6 @ stage 0``). ``token=False`` (no mask token, as
     MAE): no stage is shown, since nothing enters there."""
-    if method.startswith("MoCo v3"):
-        return f"{method}: two views, no mask"
     if not strategy_list:
-        label = (
-            "none (scratch)"
-            if not init
-            else f"none ({init})"
-            if init.startswith("scratch")
-            else f"none (init: {Path(init).name})"
-        )
+        label = "none (scratch)" if not init else f"none (init: {Path(init).name})"
     elif len(strategy_list) == 1:
         label = strategy_label(strategy_list[0], with_stage=token)
     else:
@@ -172,15 +164,24 @@ def _variant(
         pretrain_dir = _resolve(evaluate["reconstruction_run"], Path.cwd())
         has_pretrain = pretrain_dir is not None and pretrain_dir.is_dir()
     pretrain_config = _pretrain_config(pretrain_dir, planned) if has_pretrain else {}
-    masking = pretrain_config.get("masking") if (pretrain_config.get("model") or {}).get("method") != "mocov3" else None
-    method = method_label(pretrain_config.get("model")) if has_pretrain else ""
-    token = (pretrain_config.get("model") or {}).get("token_mode") != "none"
+    model = pretrain_config.get("model") or {}
+    contrastive = model.get("method") == "mocov3"  # two views, no masking
+    masking = None if contrastive else pretrain_config.get("masking")
     pretrain_results = results.get("pretrain") or _read_json(pretrain_dir / "results.json" if pretrain_dir else None)
     strategy_list = strategies(masking, (pretrain_results or {}).get("reconstruction"), evaluate.get("reconstruction"))
     init = "" if has_pretrain else _finetune_init(paths.get("finetune"), spec)
-    backbone = str(((spec.get("configs") or {}).get("finetune") or {}).get("model", {}).get("backbone") or "")
-    if not has_pretrain and is_vit(backbone):  # scratch on a ViT: say so, the study's default is a CNN
-        init = init or f"scratch, {backbone}"
+    finetune_backbone = str((((spec.get("configs") or {}).get("finetune") or {}).get("model") or {}).get("backbone"))
+    if contrastive:
+        label = f"{method_label(model)}: two views, no mask"
+    elif not has_pretrain and not init and is_vit(finetune_backbone):  # the study's default network is a CNN
+        label = f"none (scratch, {finetune_backbone})"
+    elif strategy_list or not has_pretrain:
+        method = method_label(model) if has_pretrain else ""
+        label = masking_label(
+            strategy_list, (masking or {}).get("mix"), init, method, model.get("token_mode") != "none"
+        )
+    else:
+        label = f"unknown (pretrain {(runs.get('pretrain') or {}).get('status') or 'not found'})"
     return {
         "name": name,
         "description": str(spec.get("description") or ""),
@@ -193,9 +194,7 @@ def _variant(
         "results": {stage: results.get(stage) for stage in STAGES},
         "strategies": strategy_list,
         "mix": (masking or {}).get("mix"),
-        "masking": masking_label(strategy_list, (masking or {}).get("mix"), init, method, token)
-        if strategy_list or not has_pretrain or method.startswith("MoCo v3")
-        else f"unknown (pretrain {(runs.get('pretrain') or {}).get('status') or 'not found'})",
+        "masking": label,
     }
 
 
