@@ -254,3 +254,13 @@ def test_per_sample_mixing_of_unequal_counts_fails_when_the_config_is_built():
         build_pretrain_model(load_config(config, [*per_sample, unequal]))
     equal = "masking.strategies=[{patch_size: 8, ratio: 0.75}, {patch_size: 16, ratio: 0.75}]"
     build_pretrain_model(load_config(config, [*per_sample, equal]))
+
+
+def test_a_decoder_width_the_sin_cos_embedding_cannot_take_fails_at_load():
+    from mixmask.config import ConfigError
+
+    config = ROOT / "configs/pretrain/mae_vit_tiny_shapesx.yaml"
+    with pytest.raises(ConfigError, match=r"model\.mae\.decoder_dim.*got 6.*and of 4"):
+        load_config(config, ["model.mae.decoder_dim=6", "model.mae.decoder_heads=2"])
+    with pytest.raises(ConfigError, match=r"model\.mae\.decoder_dim.*got 36.*decoder_heads=8"):
+        load_config(config, ["model.mae.decoder_dim=36", "model.mae.decoder_heads=8"])

@@ -139,10 +139,10 @@ class MAEConfig:
         for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
             _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
         _require(
-            self.decoder_dim % self.decoder_heads == 0,
+            self.decoder_dim % self.decoder_heads == 0 and self.decoder_dim % 4 == 0,
             f"{where}.decoder_dim",
             self.decoder_dim,
-            f"a multiple of decoder_heads={self.decoder_heads}",
+            f"a multiple of decoder_heads={self.decoder_heads} and of 4 (its 2D sin-cos position embedding)",
         )
 
 

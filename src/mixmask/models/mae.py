@@ -80,10 +80,9 @@ def normalise_patches(patches: torch.Tensor, eps: float = 1e-6) -> tuple[torch.T
 
 class MAE(nn.Module):
     """MAE on ``backbone`` (a ``ViTBackbone``); ``cfg`` sizes the decoder; ``norm_pix`` normalises each target patch.
-    ``init_encoder=False`` keeps the encoder's weights (e.g. to continue from a checkpoint); by default the whole
-    model is initialised the MAE way. Called as ``model(images, masks)`` like A2MIM."""
+    The whole model, encoder included, is initialised the MAE way. Called as ``model(images, masks)`` like A2MIM."""
 
-    def __init__(self, backbone: ViTBackbone, cfg: MAEConfig, norm_pix: bool = False, init_encoder: bool = True):
+    def __init__(self, backbone: ViTBackbone, cfg: MAEConfig, norm_pix: bool = False):
         super().__init__()
         if not isinstance(backbone, ViTBackbone):
             raise ConfigError("config field `model.backbone`: MAE needs a Vision Transformer backbone")
@@ -96,8 +95,6 @@ class MAE(nn.Module):
 
         # decoder: embed, mask token, fixed position embedding (patch slots only: prefix slots get none), blocks
         width = cfg.decoder_dim
-        if width % 4:
-            raise ConfigError(f"config field `model.mae.decoder_dim`: got {width}; expected a multiple of 4 (sin-cos)")
         self.decoder_embed = nn.Linear(vit.embed_dim, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         # a derived constant: not saved, rebuilt from the config
@@ -114,31 +111,29 @@ class MAE(nn.Module):
         self.decoder_norm = norm_layer(width)
         self.decoder_pred = nn.Linear(width, self.patch_size**2 * 3)
 
-        self._init_weights(init_encoder)
+        self._init_weights()
 
     # ------------------------------------------------------------------------------------------------ init
 
-    def _init_weights(self, init_encoder: bool) -> None:
+    def _init_weights(self) -> None:
         nn.init.normal_(self.mask_token, std=0.02)
-        modules: list[nn.Module] = [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred]
         vit = self.backbone.model
-        if init_encoder:
-            # MAE's encoder: fixed sin-cos position embedding (frozen; prefix slots zero), the patch projection
-            # initialised like a Linear layer, class/register tokens normal(0.02)
-            if vit.pos_embed is not None:
-                with torch.no_grad():
-                    vit.pos_embed.zero_()
-                    vit.pos_embed[0, vit.pos_embed.shape[1] - self.grid[0] * self.grid[1] :] = sincos_pos_embed(
-                        self.grid, vit.embed_dim
-                    )
-                vit.pos_embed.requires_grad_(False)
-            proj = vit.patch_embed.proj.weight
-            nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
-            for token in (vit.cls_token, vit.reg_token):
-                if token is not None:
-                    nn.init.normal_(token, std=0.02)
-            modules += [vit.blocks, vit.norm, vit.norm_pre]
-        for module in modules:
+        # MAE's encoder: fixed sin-cos position embedding (frozen; prefix slots zero), the patch projection
+        # initialised like a Linear layer, class/register tokens normal(0.02)
+        if vit.pos_embed is not None:
+            with torch.no_grad():
+                vit.pos_embed.zero_()
+                vit.pos_embed[0, vit.pos_embed.shape[1] - self.grid[0] * self.grid[1] :] = sincos_pos_embed(
+                    self.grid, vit.embed_dim
+                )
+            vit.pos_embed.requires_grad_(False)
+        proj = vit.patch_embed.proj.weight
+        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        for token in (vit.cls_token, vit.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=0.02)
+        decoder = [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred]
+        for module in [*decoder, vit.blocks, vit.norm, vit.norm_pre]:
             module.apply(_init_linear_and_norm)
 
     # -------------------------------------------------------------------------------------------- encoder
