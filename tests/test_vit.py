@@ -1,14 +1,21 @@
 """A2MIM and SimMIM on a timm ViT: the stage-by-stage adapter, token injection, method recipes, finetuning."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
+from mixmask.cli import main
 from mixmask.config import ConfigError, load_config
+from mixmask.data.shapesx import ShapesX
 from mixmask.models.backbone import ViTBackbone, build_backbone, create_timm_model
 from mixmask.models.classifier import Classifier
+from mixmask.tasks.evaluate import reconstruction_results
 from mixmask.tasks.pretrain import build_pretrain_model
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_VIT = {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
 
 
@@ -143,7 +150,6 @@ def test_vit_classifier_layer_decay_and_weights_from_pretraining():
 
 
 def test_vit_a2mim_loss_falls_on_shapesx():
-    from mixmask.data.shapesx import ShapesX
 
     torch.manual_seed(0)
     cfg, model, masker = vit_a2mim(ratio=0.6)
@@ -165,15 +171,8 @@ def test_vit_a2mim_loss_falls_on_shapesx():
 
 
 def test_vit_pretrain_cli_run_and_its_reconstructions_are_saved(tmp_path):
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from mixmask.cli import main
-    from mixmask.tasks.evaluate import reconstruction_results
-
     run = tmp_path / "a2mim_vit"
-    config = str(Path(__file__).resolve().parents[1] / "configs/pretrain/a2mim_vit_tiny_shapesx.yaml")
+    config = str(ROOT / "configs/pretrain/a2mim_vit_tiny_shapesx.yaml")
     overrides = ["data.image_size=32", "data.shapesx.train=64", "data.shapesx.val=8", "data.num_workers=0"]
     overrides += ["train.batch_size=32", "train.epochs=1", "masking.strategies=[{patch_size: 16, ratio: 0.5}]"]
     assert main(["pretrain", config, *overrides, "--out", str(run)]) == 0
