@@ -150,7 +150,6 @@ def test_vit_classifier_layer_decay_and_weights_from_pretraining():
 
 
 def test_vit_a2mim_loss_falls_on_shapesx():
-
     torch.manual_seed(0)
     cfg, model, masker = vit_a2mim(ratio=0.6)
     data = ShapesX("train", size=32, length=32, seed=0)
