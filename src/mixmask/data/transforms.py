@@ -40,10 +40,13 @@ def _random_crop_transform(
     hflip: bool,
     mean: Sequence[float],
     std: Sequence[float],
+    colour: Sequence[Callable] = (),
 ) -> T.Compose:
+    """RandomResizedCrop (bilinear), the ``colour`` steps, horizontal flip (if ``hflip``), ToTensor, Normalize."""
     _check(size, scale, ratio)
     steps = [
-        T.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), interpolation=T.InterpolationMode.BILINEAR)
+        T.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), interpolation=T.InterpolationMode.BILINEAR),
+        *colour,
     ]
     if hflip:
         steps.append(T.RandomHorizontalFlip())
@@ -151,22 +154,16 @@ def two_view_transform(
     and solarized (threshold 128) with p 0.2. Every random draw comes from torch's global generator (MoCo v3 draws
     the blur's sigma from Python's ``random``, which ``torch.manual_seed`` would not fix).
     """
-    _check(size, scale, ratio)
     blur = _GaussianBlur(sigma=(0.1, 2.0))
 
     def view(blur_p: float, solarize_p: float) -> T.Compose:
-        steps = [
-            T.RandomResizedCrop(
-                size, scale=tuple(scale), ratio=tuple(ratio), interpolation=T.InterpolationMode.BILINEAR
-            ),
+        colour = [
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
             blur if blur_p == 1.0 else T.RandomApply([blur], p=blur_p),
         ]
         if solarize_p > 0:
-            steps.append(T.RandomSolarize(threshold=128, p=solarize_p))
-        if hflip:
-            steps.append(T.RandomHorizontalFlip())
-        return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+            colour.append(T.RandomSolarize(threshold=128, p=solarize_p))
+        return _random_crop_transform(size, scale, ratio, hflip, mean, std, colour)
 
     return _TwoViews(view(blur_p=1.0, solarize_p=0.0), view(blur_p=0.1, solarize_p=0.2))
