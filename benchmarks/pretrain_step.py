@@ -19,7 +19,7 @@ from torch import nn
 
 from mixmask.config import load_config
 from mixmask.engine.optim import build_optimizer
-from mixmask.tasks.pretrain import build_pretrain_model
+from mixmask.models.factory import build_pretrain_model
 
 
 def timed(step, device: torch.device) -> float:

@@ -37,6 +37,12 @@ class TinyNet(nn.Module):
         self.head = nn.Linear(8, 3)
         self.mask_tokens = nn.ParameterDict({"0": nn.Parameter(torch.zeros(1, 8, 1, 1))})
 
+    def no_weight_decay(self):
+        return {"mask_tokens.0"}
+
+    def lr_scales(self):
+        return {"mask_tokens.0": 0.1}
+
     def forward(self, x):
         z = torch.relu(self.norm(self.conv(x))) + self.mask_tokens["0"]
         return self.head(z.mean((2, 3)))
@@ -63,9 +69,9 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
 
 
-def test_param_groups_no_decay_on_norms_biases_tokens_and_token_lr():
+def test_param_groups_follow_what_the_model_declares():
     model = TinyNet()
-    groups = param_groups(model, weight_decay=0.05, token_lr_scale=0.1)
+    groups = param_groups(model, weight_decay=0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     by_group = [(g["weight_decay"], g["lr_scale"], sorted(names[id(p)] for p in g["params"])) for g in groups]
     assert by_group == [
@@ -73,6 +79,30 @@ def test_param_groups_no_decay_on_norms_biases_tokens_and_token_lr():
         (0.0, 1.0, ["conv.bias", "head.bias", "norm.bias", "norm.weight"]),
         (0.0, 0.1, ["mask_tokens.0"]),
     ]
+
+
+class TwoTokenNet(TinyNet):
+    """A second token that the model reports idle in every step but it never uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.mask_tokens["1"] = nn.Parameter(torch.ones(1, 8, 1, 1))
+
+    def idle_parameters(self):
+        return [self.mask_tokens["1"]]
+
+    def forward(self, x):
+        return super().forward(x) + 0.0 * self.mask_tokens["1"].sum()
+
+
+def test_idle_parameters_keep_their_value_and_optimizer_state(tmp_path):
+    model = TwoTokenNet()
+    fit(config(), tmp_path, model, RandomImages(), classify, Dist())
+    assert torch.equal(model.mask_tokens["1"].detach(), torch.ones(1, 8, 1, 1))
+    optimizer = build_optimizer(model, config().optim, 1e-3)
+    ckpt.load_checkpoint(tmp_path / "checkpoints" / "last", model, optimizer)
+    assert model.mask_tokens["1"] not in optimizer.state  # AdamW never took a step on it
+    assert int(optimizer.state[model.mask_tokens["0"]]["step"]) == 18  # 48 images / 8 x 3 epochs
 
 
 def test_sampler_shards_ranks_and_skips_for_resume():

@@ -121,7 +121,7 @@ def test_knn_probe_classifies_with_frozen_features(runs, tmp_path):
 
 def test_layer_decay_scales_each_stage():
     classifier = Classifier("resnet_tiny", 10)
-    groups = param_groups(classifier, 0.05, 0.1, classifier.lr_scales(0.5))
+    groups = param_groups(classifier, 0.05, layer_decay=0.5)  # timm's helper over the classifier's stages
     scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     model = classifier.timm_model
     assert scale_of[id(model.fc.weight)] == 1.0

@@ -245,7 +245,7 @@ def test_pretrain_cli_run_gives_weights_a_vit_classifier_loads(tmp_path):
 
 def test_per_sample_mixing_of_unequal_counts_fails_when_the_config_is_built():
     from mixmask.config import ConfigError
-    from mixmask.tasks.pretrain import build_pretrain_model
+    from mixmask.models.factory import build_pretrain_model
 
     config = ROOT / "configs/pretrain/mae_vit_tiny_shapesx.yaml"
     per_sample = ["data.image_size=32", "masking.mix=per_sample"]

@@ -13,7 +13,10 @@ from safetensors.torch import load_file
 
 from mixmask.cli import main
 from mixmask.config import load_config
+from mixmask.engine.checkpoint import load_checkpoint
+from mixmask.engine.optim import build_optimizer
 from mixmask.models.a2mim import A2MIM
+from mixmask.models.factory import build_pretrain_model
 from mixmask.tasks.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +31,25 @@ TINY = [
     "data.num_workers=0",
     "masking.strategies=[{patch_size: 4, ratio: 0.6}, {patch_size: 16, ratio: 0.4}]",
 ]
+
+
+def token_steps(run: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Per mask token: the optimisation steps in which some image used its stage (from the masker's choices, which
+    are the same on every rank), and the steps AdamW actually took on it (its state in the last checkpoint)."""
+    cfg = load_config(run / "config.yaml")
+    model, masker = build_pretrain_model(cfg)
+    optimizer = build_optimizer(model, cfg.optim, cfg.optim.lr)
+    steps = load_checkpoint(run / "checkpoints" / "last", model, optimizer, restore_rng=False)["step"]
+    accum = cfg.train.accum_steps
+    used = {key: 0 for key in model.mask_tokens}
+    for step in range(steps):
+        stages = set()
+        for micro_step in range(step * accum, (step + 1) * accum):
+            stages |= {masker.stages[i] for i in masker.choose(micro_step, cfg.train.batch_size).tolist()}
+        for key in used:
+            used[key] += int(key) in stages
+    taken = {key: int(optimizer.state[token]["step"]) for key, token in model.mask_tokens.items()}
+    return used, taken
 
 
 def test_pretrain_cli_writes_a_complete_run_folder(tmp_path, capsys):
@@ -46,6 +68,9 @@ def test_pretrain_cli_writes_a_complete_run_folder(tmp_path, capsys):
         assert (run / r["figure"]).is_file()
     assert (run / "checkpoints" / "last" / "model.safetensors").is_file()
     assert list((run / "tensorboard").iterdir())
+    # mixed masking: a token moves (and its AdamW state advances) only in steps where its strategy was used
+    used, taken = token_steps(run)
+    assert taken == used and 0 < used["1"] < 12 and 0 < used["3"] < 12
     # a second run into the same folder is refused instead of overwriting it
     assert main(["pretrain", *TINY, "--out", str(run)]) == 2
     assert "--resume" in capsys.readouterr().err
@@ -135,3 +160,5 @@ def test_two_process_torchrun_on_cpu(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 3  # 192 images / (2 ranks x 32) per step
     assert len(results["reconstruction"]) == 2
+    used, taken = token_steps(run)  # under DDP too, an unused token stays put
+    assert taken == used and min(used.values()) < 3

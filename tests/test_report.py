@@ -15,7 +15,7 @@ from PIL import Image
 
 from mixmask import __version__
 from mixmask.config import load_config, to_dict
-from mixmask.report import tables
+from mixmask.report import collect, tables
 from mixmask.store import ResultsStore
 from mixmask.tasks.evaluate import evaluate, evaluation_config
 from mixmask.tasks.finetune import finetune
@@ -111,8 +111,8 @@ def _evaluate_results(sweep: Path, name: str) -> dict:
 
 
 def test_table1_numbers_are_the_evaluate_results_in_percent(sweep):
-    variants = tables.collect_variants(sweep)
-    assert [v["name"] for v in variants] == list(VARIANTS)
+    variants = collect.collect_variants(sweep)
+    assert [v.name for v in variants] == list(VARIANTS)
     rows = tables.table1(variants)
     header, body, footnotes = tables.table1_grid(rows)
     assert header[2:] == ["background", "color", "partial view", "pattern", "pose", "shape", "subcategory",
@@ -136,7 +136,7 @@ def test_table1_numbers_are_the_evaluate_results_in_percent(sweep):
                 assert cell == f"{100 * factors[column]['accuracy']:.1f}{tables.THIN}"
     assert any("fewer than 15 images" in note for note in footnotes)
     assert any("object_blocking and person_blocking" in note for note in footnotes)
-    masking = {v["name"]: v["masking"] for v in variants}
+    masking = {v.name: v.label for v in variants}
     assert masking == {
         "p4": "patch 4 / 0.6 @ stage 1",
         "mixed_4_16": "mixed: patch 4 / 0.6 | patch 16 / 0.4",
@@ -288,20 +288,6 @@ def test_the_page_renders_in_a_headless_browser(built, tmp_path):
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or [0, 0]) > 1
 
 
-def test_labels_name_the_method_and_a_vit_backbone():
-    from mixmask.report.tables import masking_label, method_label
-
-    strategy = [{"patch_size": 8, "ratio": 0.75, "kind": "random", "stage": 0}]
-    assert method_label({"method": "a2mim", "backbone": "resnet50"}) == ""
-    assert method_label({"method": "simmim", "backbone": "resnet50"}) == "SimMIM"
-    assert method_label({"method": "mae", "backbone": "vit_tiny_p8"}) == "MAE [vit_tiny_p8]"
-    assert method_label({"method": "a2mim", "backbone": "resnet50", "token_mode": "none"}) == "A2MIM, no token"
-    assert method_label({"method": "a2mim", "backbone": "vit_tiny_p8", "token_mode": "add"}) == "A2MIM [vit_tiny_p8]"
-    assert masking_label(strategy, method="MAE [vit_tiny_p8]", token=False) == "MAE [vit_tiny_p8]: patch 8 / 0.75"
-    assert masking_label(strategy) == "patch 8 / 0.75 @ stage 0"
-    assert masking_label([]) == "none (scratch)"
-
-
 def test_planned_variants_are_labelled_by_method(tmp_path):
     """Labels come from the planned configs before anything ran: MoCo v3 masks nothing, a ViT trained from scratch
     says which network, MAE and the A2MIM no-token ablation show no stage."""
@@ -321,11 +307,11 @@ def test_planned_variants_are_labelled_by_method(tmp_path):
     spec = {"stages": ["finetune"], "overrides": {}, "description": "", "configs": {"finetune": vit}}
     store.add_variant("vit_scratch", 4, spec, {"finetune": "runs/vit_scratch/finetune"})
     store.close()
-    labels = {v["name"]: v["masking"] for v in tables.collect_variants(tmp_path)}
+    labels = {v.name: v.label for v in collect.collect_variants(tmp_path)}
     assert labels == {
         "moco": "MoCo v3: two views, no mask",
         "mae": "MAE [vit_tiny_p8]: patch 8 / 0.75",
         "no_token": "A2MIM, no token: patch 16 / 0.6",
-        "simmim": "SimMIM: patch 8 / 0.6",  # the planned stage is auto: shown once a run resolves it
+        "simmim": "SimMIM: patch 8 / 0.6 @ stage 0",  # the planned stage, resolved as the run will resolve it
         "vit_scratch": "none (scratch, vit_tiny_p8)",
     }

@@ -162,19 +162,6 @@ os._exit(1)  # killed before COMMIT
     assert store.run("a", "pretrain")["results"] == {"loss": 0.5}
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
-    import yaml
-
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(tiny_sweep()))
-    assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
-    text = capsys.readouterr().out
-    lines = [line for line in text.splitlines() if line.startswith(("p4 ", "scratch "))]
-    assert len(lines) == 5
-    assert lines[0].split()[:3] == ["p4", "pretrain", "8"]  # 128 images / 32 per batch x 2 epochs
-    assert "total" in text and not (tmp_path / "out").exists()
-
-
 def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
     import yaml
 
@@ -201,7 +188,7 @@ def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
 def test_shipped_studies_load_and_the_stage_follows_the_patch(path, variants):
     sweep = load_sweep(path)
     assert len(sweep.variants) == variants and sweep.variants[-1].stages == ["finetune", "evaluate"]
-    from mixmask.tasks.pretrain import build_pretrain_model
+    from mixmask.models.factory import build_pretrain_model
 
     stages = {}
     for variant in sweep.variants[:-1]:

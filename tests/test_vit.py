@@ -12,8 +12,8 @@ from mixmask.config import ConfigError, load_config
 from mixmask.data.shapesx import ShapesX
 from mixmask.models.backbone import ViTBackbone, build_backbone, create_timm_model
 from mixmask.models.classifier import Classifier
+from mixmask.models.factory import build_pretrain_model
 from mixmask.tasks.evaluate import reconstruction_results
-from mixmask.tasks.pretrain import build_pretrain_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VIT = {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}

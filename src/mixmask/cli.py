@@ -81,7 +81,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mixmask.tasks.sweep import format_plan, load_sweep, plan, run_sweep
+    from mixmask.tasks.plan import format_plan, plan
+    from mixmask.tasks.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)
     out = args.out or str(Path("sweeps") / sweep.name)

@@ -1,10 +1,9 @@
-"""The optimiser (AdamW by default; LARS for MoCo v3's ResNet recipe) with A2MIM's parameter groups, and the
-per-iteration warmup + cosine learning-rate schedule."""
+"""The optimiser (AdamW by default; LARS for MoCo v3's ResNet recipe) with the parameter groups the model declares,
+and the per-iteration warmup + cosine learning-rate schedule."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -13,42 +12,35 @@ import mixmask._compat  # noqa: F401  (makes timm importable: fixes torchvision 
 from mixmask.config import OptimConfig
 
 
-def param_groups(
-    model: nn.Module,
-    weight_decay: float,
-    token_lr_scale: float,
-    lr_scale_of: Callable[[str], float] | None = None,
-) -> list[dict]:
-    """No weight decay on norm weights, biases and mask tokens/gammas (every tensor with <= 1 dim, plus tokens);
-    tokens and gammas learn at ``token_lr_scale`` x lr, as in the official code. ``lr_scale_of(name)`` scales the
-    rest further (layer-wise lr decay in finetuning). Frozen parameters are left out."""
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """Parameter groups from what the model declares, as timm models do: no weight decay on tensors of <= 1
+    dimension and on the names in ``model.no_weight_decay()``; learning-rate scales from ``model.lr_scales()``
+    (A2MIM: its mask tokens learn at 0.1 x lr). ``layer_decay < 1``: timm's layer-wise decay over the model's
+    ``group_matcher`` (finetuning). Frozen parameters are left out."""
+    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    if layer_decay < 1:
+        from timm.optim import param_groups_layer_decay  # `import timm` does not load timm.optim
+
+        return param_groups_layer_decay(model, weight_decay, no_decay, layer_decay=layer_decay)
+    scales = model.lr_scales() if hasattr(model, "lr_scales") else {}
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if "mask_tokens" in name or "mask_gammas" in name:
-            key = (0.0, token_lr_scale)
-        else:
-            scale = lr_scale_of(name) if lr_scale_of is not None else 1.0
-            key = (0.0 if param.ndim <= 1 else weight_decay, scale)
-        groups.setdefault(key, []).append(param)
+        if param.requires_grad:
+            key = (0.0 if param.ndim <= 1 or name in no_decay else weight_decay, scales.get(name, 1.0))
+            groups.setdefault(key, []).append(param)
     return [{"params": params, "weight_decay": wd, "lr_scale": scale} for (wd, scale), params in groups.items()]
 
 
 def build_optimizer(
-    model: nn.Module,
-    cfg: OptimConfig,
-    lr: float,
-    fused: bool = False,
-    lr_scale_of: Callable[[str], float] | None = None,
+    model: nn.Module, cfg: OptimConfig, lr: float, fused: bool = False, layer_decay: float = 1.0
 ) -> torch.optim.Optimizer:
     """AdamW (``optim.name=adamw``) or LARS (``lars``: timm's, SGD with momentum ``cfg.momentum`` and a layer-wise
     trust ratio 0.001 * ||w|| / (||g|| + wd * ||w||), as MoCo v3's ResNet recipe). As in MoCo v3, LARS adapts
     and decays only tensors of more than one dimension; biases and norm weights take plain SGD-momentum steps.
     ``fused`` (CUDA) applies to AdamW; timm's LARS picks its multi-tensor path on CUDA by itself."""
-    groups = param_groups(model, cfg.weight_decay, cfg.token_lr_scale, lr_scale_of)
+    groups = param_groups(model, cfg.weight_decay, layer_decay)
     if cfg.name == "lars":
-        from timm.optim import Lars  # `import timm` does not load timm.optim
+        from timm.optim import Lars
 
         return Lars(_lars_groups(groups), lr=lr, momentum=cfg.momentum, trust_coeff=0.001)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)

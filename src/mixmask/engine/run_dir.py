@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from mixmask.config import Config, load_config, save_config
+from mixmask.results import Method, RunInfo, read_run_info
 
 
-def new_run_dir(cfg: Config, kind: str, out: str | Path | None = None) -> Path:
-    """``out``, or ``train.out_dir/train.name``, or ``train.out_dir/<kind>-<backbone>-<time>``; must not hold a run."""
+def new_run_dir(cfg: Config, kind: str, out: str | Path | None = None, method: Method | None = None) -> Path:
+    """``out``, or ``train.out_dir/train.name``, or ``train.out_dir/<kind>-<backbone>-<time>``; must not hold a run.
+    Its ``run.json`` records the task, the version, the seed and what is trained (``method``), before any training."""
     if out is None:
         name = cfg.train.name or f"{kind}-{cfg.model.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
         out = Path(cfg.train.out_dir) / name
@@ -25,18 +27,14 @@ def new_run_dir(cfg: Config, kind: str, out: str | Path | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     from mixmask import __version__
 
-    write_json(
-        run_dir / "run.json", {"task": kind, "mixmask": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    )
+    info = RunInfo(kind, __version__, time.strftime("%Y-%m-%d %H:%M:%S"), cfg.train.seed, method)
+    write_json(run_dir / "run.json", info.to_json())
     return run_dir
 
 
 def run_task(run_dir: str | Path) -> str:
     """What made a run folder: ``pretrain`` or ``finetune``."""
-    info = Path(run_dir) / "run.json"
-    if not info.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a mixmask run folder (no run.json)")
-    return json.loads(info.read_text())["task"]
+    return read_run_info(run_dir).task
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -140,11 +140,16 @@ def fit(
     dist: Dist,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     description: str = "train",
-    lr_scale_of: Callable[[str], float] | None = None,
+    layer_decay: float = 1.0,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` with the loss from ``step_fn``; resume from ``run_dir/checkpoints/last`` when
-    it exists. ``lr_scale_of(param name)`` scales learning rates per parameter (layer decay). Returns a summary
-    (steps, final loss terms, unreadable images)."""
+    it exists. The model's declarations shape the optimizer (``no_weight_decay``, ``lr_scales``, ``group_matcher``
+    with ``layer_decay`` < 1) and its steps: parameters the model reports as ``idle_parameters()`` in every
+    micro-step of an optimisation step keep their values and optimizer state. ``max_steps`` stops early, without a
+    checkpoint (the dry-run plan times real steps that way). Returns a summary (steps, final loss terms, unreadable
+    images, wall seconds of the whole call and the median seconds per optimisation step, loading included)."""
+    started = time.perf_counter()
     train = cfg.train
     device = dist.device
     cuda = device.type == "cuda"
@@ -164,7 +169,7 @@ def fit(
     total_steps = train.epochs * steps_per_epoch
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
     lr = base_lr(cfg.optim, train.batch_size * dist.world * train.accum_steps)
-    optimizer = build_optimizer(inner, cfg.optim, lr, fused=cuda, lr_scale_of=lr_scale_of)
+    optimizer = build_optimizer(inner, cfg.optim, lr, fused=cuda, layer_decay=layer_decay)
 
     checkpoint = run_dir / "checkpoints" / "last"
     step, epoch, position = 0, 0, 0
@@ -187,11 +192,13 @@ def fit(
     summed = 0
     last_terms: dict[str, float] = {}
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    idle: set[int] | None = None  # ids of the parameters idle in every micro-step of this optimisation step
     progress = tqdm(total=total_steps, initial=step, desc=description, unit="step", disable=not dist.main)
     timer, images_seen = time.perf_counter(), 0
+    step_ends: list[float] = []  # wall clock at the end of each optimisation step of this call
     model.train()
     try:
-        while epoch < train.epochs:
+        while epoch < train.epochs and not (max_steps and step >= max_steps):
             sampler.set_epoch(epoch, skip_batches=position)
             epoch_skipped: list[dict[str, str]] = []
             for batch in loader:
@@ -207,6 +214,9 @@ def fit(
                     with autocast():
                         out = step_fn(model, batch, micro_step)
                     (out["loss"] / train.accum_steps).backward()
+                if hasattr(inner, "idle_parameters"):
+                    now_idle = {id(p) for p in inner.idle_parameters()}
+                    idle = now_idle if idle is None else idle & now_idle
                 position += 1
                 images_seen += len(batch)
                 summed += 1
@@ -218,12 +228,20 @@ def fit(
                     continue
 
                 set_lr(optimizer, lr_at(step, total_steps, warmup_steps, lr, cfg.optim.min_lr))
+                if idle:  # no gradient: AdamW and LARS skip the parameter and leave its state as it is
+                    for param in inner.parameters():
+                        if id(param) in idle:
+                            param.grad = None
+                idle = None
                 if cfg.optim.clip_grad > 0:
                     torch.nn.utils.clip_grad_norm_(inner.parameters(), cfg.optim.clip_grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 progress.update(1)
+                step_ends.append(time.perf_counter())
+                if max_steps and step >= max_steps:
+                    break
 
                 at_log = step % train.log_every_steps == 0 or step == total_steps
                 at_checkpoint = train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0
@@ -253,6 +271,8 @@ def fit(
                     file=sys.stderr,
                 )
             unreadable += epoch_skipped
+            if max_steps and step >= max_steps:
+                break
             epoch, position = epoch + 1, 0
             if nonfinite.item():
                 raise TrainingDiverged(
@@ -264,4 +284,12 @@ def fit(
     finally:
         progress.close()
         log.close()
-    return {"steps": step, "epochs": epoch, "final": last_terms, "unreadable": unreadable}
+    gaps = sorted(b - a for a, b in zip(step_ends, step_ends[1:], strict=False))
+    return {
+        "steps": step,
+        "epochs": epoch,
+        "final": last_terms,
+        "unreadable": unreadable,
+        "seconds": time.perf_counter() - started,
+        "seconds_per_step": gaps[len(gaps) // 2] if gaps else None,
+    }

@@ -4,8 +4,14 @@ One step: masked input pixels are filled with the image's per-channel mean; the 
 after the stage chosen for each image's strategy, a learnable mask token is added where that stage's mask is 1
 (``z + T * D(M)``; ``token_mode="replace"`` is SimMIM's ``z * (1 - M) + T * M``); a 1x1 conv + PixelShuffle decoder
 predicts the image from the last stage; the loss is a spatial loss on masked pixels plus ``freq_weight`` times the
-focal frequency loss. Defaults follow the official ResNet-50 code (see the reference notes in the repository's
+focal frequency loss. The loss follows the official ResNet-50 code (see the reference notes in the repository's
 design documents): mean fill, residual token, focal L1, lambda 0.5, unmasked pixels "mixed" with weight 1e-3.
+
+Deliberate choice: the token follows the paper's equation, ``z + T * D(M)`` (``model.token_gamma_init: 0``, the study
+default). The official ResNet-50 configs behind the published numbers (``r50_l3_sz224_init_*``) scale the masked
+features by a learnable gamma initialised at 1e-6 first, ``z * (1 - M) + gamma * z * M + T * M``: set
+``model.token_gamma_init=1e-6`` for that (a row of both A2MIM ablation studies). Tokens and gammas take no weight
+decay and learn at ``optim.token_lr_scale`` (0.1) x lr, as in the official code.
 """
 
 from __future__ import annotations
@@ -13,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixmask.config import LossConfig
+from mixmask.config import Config, LossConfig
 from mixmask.losses import focal_frequency_loss, frequency_input, masked_spatial_loss
-from mixmask.masking import MaskBatch
+from mixmask.masking import MaskBatch, MixedMasker
 from mixmask.models.backbone import Backbone, ViTBackbone
 
 
@@ -46,6 +52,11 @@ class PixelShuffleDecoder(nn.Sequential):
 
 
 class A2MIM(nn.Module):
+    """A2MIM (and SimMIM, at SimMIM's settings) on ``backbone``. ``token_stages``: the stage of each masking strategy
+    (one token per distinct stage); ``token_lr_scale``: the tokens' (and gammas') learning rate relative to the rest."""
+
+    two_views = False  # one masked view per image
+
     def __init__(
         self,
         backbone: Backbone | ViTBackbone,
@@ -55,12 +66,15 @@ class A2MIM(nn.Module):
         token_mode: str = "add",
         gamma_init: float = 0.0,
         decoder: str = "pixel_shuffle",
+        token_lr_scale: float = 0.1,
     ):
         super().__init__()
         self.backbone = backbone
         self.loss_cfg = loss
         self.fill = fill
         self.token_mode = token_mode
+        self.token_lr_scale = token_lr_scale
+        self.idle: list[nn.Parameter] = []  # tokens (and gammas) no image used in the last forward
         # one learnable token per stage in use, shape (1, C, 1, 1), truncated normal with std 0.02
         self.mask_tokens = nn.ParameterDict()
         for stage in sorted(set(token_stages)) if token_mode != "none" else []:
@@ -73,6 +87,40 @@ class A2MIM(nn.Module):
                 self.mask_gammas[stage] = nn.Parameter(torch.full_like(self.mask_tokens[stage], gamma_init))
         hidden = backbone.channels[-1] // 2 if decoder == "conv" else 0
         self.decoder = PixelShuffleDecoder(backbone.channels[-1], backbone.strides[-1], hidden)
+
+    @staticmethod
+    def masker(cfg: Config, backbone: Backbone | ViTBackbone) -> MixedMasker:
+        """The masker of a config, with A2MIM's stage rule: ``auto`` is the deepest stage whose stride divides the
+        patch, except on a ViT and for SimMIM, where the token enters right after the patch embedding (stage 0)."""
+        auto_stage = 0 if isinstance(backbone, ViTBackbone) or cfg.model.method == "simmim" else None
+        return MixedMasker.from_config(cfg.masking, backbone.strides, seed=cfg.train.seed, auto_stage=auto_stage)
+
+    @classmethod
+    def from_config(cls, cfg: Config, backbone: Backbone | ViTBackbone, masker: MixedMasker) -> A2MIM:
+        """The model of a config; ``masker`` (from ``A2MIM.masker``) says which stages get a token."""
+        return cls(
+            backbone,
+            masker.stages,
+            cfg.loss,
+            fill=cfg.masking.fill,
+            token_mode=cfg.model.token_mode,
+            gamma_init=cfg.model.token_gamma_init,
+            decoder=cfg.model.decoder,
+            token_lr_scale=cfg.optim.token_lr_scale,
+        )
+
+    def no_weight_decay(self) -> set[str]:
+        """Mask tokens and gammas take no weight decay (official code); tensors of <= 1 dimension never do."""
+        return {f"mask_tokens.{k}" for k in self.mask_tokens} | {f"mask_gammas.{k}" for k in self.mask_gammas}
+
+    def lr_scales(self) -> dict[str, float]:
+        """Tokens and gammas learn at ``token_lr_scale`` x lr (0.1 in the official code)."""
+        return dict.fromkeys(self.no_weight_decay(), self.token_lr_scale)
+
+    def idle_parameters(self) -> list[nn.Parameter]:
+        """The tokens (and gammas) of stages no image used in the last forward: with mixed masking the trainer
+        leaves them, and their optimizer state, untouched this step."""
+        return self.idle
 
     def insert_tokens(self, stage: int, features: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         key = str(stage)
@@ -105,9 +153,9 @@ class A2MIM(nn.Module):
             loss = loss + cfg.freq_weight * frequency
             terms["loss_freq"] = frequency.detach()
         # Tokens of stages no image used this step still take part (times zero): DDP expects every parameter to
-        # receive a gradient on every rank.
-        unused = [p for k, p in self.mask_tokens.items() if int(k) not in masks.stages]
-        unused += [p for k, p in self.mask_gammas.items() if int(k) not in masks.stages]
-        if unused:
-            loss = loss + sum(p.sum() for p in unused) * 0.0
+        # receive a gradient on every rank. The choice of strategies is the same on every rank, so is this list.
+        self.idle = [p for k, p in self.mask_tokens.items() if int(k) not in masks.stages]
+        self.idle += [p for k, p in self.mask_gammas.items() if int(k) not in masks.stages]
+        if self.idle:
+            loss = loss + sum(p.sum() for p in self.idle) * 0.0
         return {"loss": loss, **terms, "prediction": prediction}

@@ -66,10 +66,16 @@ class Classifier(nn.Module):
                 return k
         return len(self.backbone.stage_modules)
 
-    def lr_scales(self, layer_decay: float):
-        """``name -> lr scale``: stage k learns at ``layer_decay ** (depth - k)``, the head at 1."""
-        depth = len(self.backbone.stage_modules)
-        return lambda name: layer_decay ** (depth - self.layer_of(name))
+    def group_matcher(self, coarse: bool = False):
+        """timm's interface for layer-wise lr decay (``timm.optim.param_groups_layer_decay``): stage k learns at
+        ``layer_decay ** (depth - k)``, the head at 1. Grouped by mixmask's stages (a ResNet's stem and layers, a
+        ViT's patch embedding and blocks), whatever ``coarse`` says."""
+        return self.layer_of
+
+    def no_weight_decay(self) -> set[str]:
+        """The timm model's own list (a ViT's position embedding and class token), under this module's names."""
+        names = self.timm_model.no_weight_decay() if hasattr(self.timm_model, "no_weight_decay") else set()
+        return {f"backbone.model.{name}" for name in names}
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from mixmask._compat import timm
-from mixmask.config import ConfigError, MAEConfig
-from mixmask.masking import MaskBatch
+from mixmask.config import Config, ConfigError, MAEConfig
+from mixmask.masking import MaskBatch, MixedMasker
 from mixmask.models.backbone import ViTBackbone
 
 # Parts of the timm ViT the encoder runs; anything else (a pooling norm, an attention pool, a head) is unused.
@@ -82,6 +82,8 @@ class MAE(nn.Module):
     """MAE on ``backbone`` (a ``ViTBackbone``); ``cfg`` sizes the decoder; ``norm_pix`` normalises each target patch.
     The whole model, encoder included, is initialised the MAE way. Called as ``model(images, masks)`` like A2MIM."""
 
+    two_views = False  # one masked view per image
+
     def __init__(self, backbone: ViTBackbone, cfg: MAEConfig, norm_pix: bool = False):
         super().__init__()
         if not isinstance(backbone, ViTBackbone):
@@ -112,6 +114,27 @@ class MAE(nn.Module):
         self.decoder_pred = nn.Linear(width, self.patch_size**2 * 3)
 
         self._init_weights()
+
+    @staticmethod
+    def masker(cfg: Config, backbone: ViTBackbone) -> MixedMasker:
+        """The masker of a config, with MAE's rules: masked patches are dropped at the patch embedding (stage 0),
+        and every image of a batch must drop as many patches (the encoder's batch is (B, visible tokens, C))."""
+        masker = MixedMasker.from_config(cfg.masking, backbone.strides, seed=cfg.train.seed, auto_stage=0)
+        for i, stage in enumerate(masker.stages):
+            if stage != 0:
+                raise ConfigError(
+                    f"config field `masking.strategies[{i}].stage`: got {stage}; MAE drops masked patches at the "
+                    "patch embedding, so the stage must be 0 or auto"
+                )
+        dropped = {
+            spec.count(cfg.data.image_size) * (spec.patch_size // backbone.patch_size) ** 2 for spec in masker.specs
+        }
+        if cfg.masking.mix == "per_sample" and len(dropped) > 1:
+            raise ConfigError(
+                f"config field `masking.mix`: got 'per_sample', but MAE needs the same number of masked patches in "
+                f"every image of a batch and these strategies mask {sorted(dropped)}; use per_batch"
+            )
+        return masker
 
     # ------------------------------------------------------------------------------------------------ init
 

@@ -91,6 +91,8 @@ class MoCoV3(nn.Module):
     ``momentum_projector``. ``forward(views, momentum)`` first moves the momentum encoder towards the base encoder,
     then returns the symmetric contrastive loss. Only ``backbone`` is kept after pretraining."""
 
+    two_views = True  # two augmented views per image (batches of (B, 2, 3, H, W)), no masking
+
     def __init__(self, backbone: Backbone | ViTBackbone, cfg: MoCoV3Config):
         super().__init__()
         self.backbone = backbone

@@ -15,17 +15,17 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from mixmask.report.plots import DPI, _figure, _save
-from mixmask.report.tables import strategy_label
+from mixmask.results import Variant
 
 CELL = 1.15  # inches per image cell of Figure 3
 
 
-def _reconstruction_rows(variants: list[dict]) -> list[dict[str, Any]]:
+def _reconstruction_rows(variants: list[Variant]) -> list[dict[str, Any]]:
     """Every saved reconstruction of every variant's evaluate stage: label, PSNR and its uint8 image rows."""
     entries = []
     for v in variants:
-        evaluate = v["results"].get("evaluate") or {}
-        folder = v["paths"].get("evaluate")
+        evaluate = v.results("evaluate") or {}
+        folder = v.runs["evaluate"].run_dir if "evaluate" in v.runs else None
         recs = [r for r in evaluate.get("reconstruction") or [] if isinstance(r, dict) and r.get("images")]
         for rec in recs:
             file = Path(folder) / rec["images"] if folder is not None else None
@@ -34,11 +34,14 @@ def _reconstruction_rows(variants: list[dict]) -> list[dict[str, Any]]:
             images = load_file(str(file))
             if "pasted" not in images or "original" not in images:
                 continue
-            label = f"{v['name']}: {strategy_label(rec, with_stage=False)}"
+            label = f"{v.name}: patch {rec.get('patch_size')} / {rec.get('ratio')}"
+            strategies = v.method.strategies if v.method is not None else ()
+            if isinstance(rec.get("strategy"), int) and rec["strategy"] < len(strategies):
+                label = f"{v.name}: {strategies[rec['strategy']].label(with_stage=False)}"
             detail = f"stage {rec.get('stage')}" + (
                 f", {rec['psnr_masked']:.1f} dB" if isinstance(rec.get("psnr_masked"), float | int) else ""
             )
-            entries.append({"variant": v["name"], "label": label, "detail": detail, "images": images})
+            entries.append({"variant": v.name, "label": label, "detail": detail, "images": images})
     return entries
 
 
@@ -47,7 +50,7 @@ def _hwc(batch: np.ndarray, i: int) -> np.ndarray:
 
 
 def reconstruction_grid(
-    variants: list[dict], path: str | Path, max_images: int = 6, masked: bool = True
+    variants: list[Variant], path: str | Path, max_images: int = 6, masked: bool = True
 ) -> Path | None:
     """Figure 3: columns are the same validation images; the first row the originals, then per pretrained variant
     and masking strategy (mixed variants get a row per strategy) the masked input (grey = masked; with ``masked``)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from mixmask.report import tables
+from mixmask.results import Variant
 
 SECTIONS = (
     ("summary", "Summary"),
@@ -178,32 +179,30 @@ def figure(path: str | Path | None, caption: str, alt: str, missing: str, wide: 
     return f"<figure{kind}>{image}<figcaption>{_e(caption)}</figcaption></figure>\n"
 
 
-def config_text(variant: dict, stage: str) -> tuple[str, str] | None:
+def config_text(variant: Variant, stage: str) -> tuple[str, str] | None:
     """(where it comes from, YAML text) of a stage's config: the run's config.yaml, else the planned one."""
-    folder = variant["paths"].get(stage)
+    run = variant.runs.get(stage)
+    folder = run.run_dir if run is not None else None
     if folder is not None and (Path(folder) / "config.yaml").is_file():
         return f"{Path(folder) / 'config.yaml'}", (Path(folder) / "config.yaml").read_text()
-    planned = (variant["spec"].get("configs") or {}).get(stage)
+    planned = variant.planned.get(stage)
     if planned:
         return "planned config (the run has not written its own yet)", yaml.safe_dump(planned, sort_keys=False)
     return None
 
 
-def _stage_table(variant: dict) -> str:
+def _stage_table(variant: Variant) -> str:
     rows = []
-    for stage in variant["stages"]:
-        run = variant["runs"].get(stage) or {}
-        status = variant["status"].get(stage)
-        result = variant["results"].get(stage) or {}
-        top1 = (result.get("accuracy") or {}).get("top1")
+    for stage, run in variant.runs.items():
+        top1 = ((variant.results(stage) or {}).get("accuracy") or {}).get("top1")
         rows.append(
             "<tr>"
-            f'<th scope="row">{_e(stage)}</th><td>{status_badge(status)}</td>'
-            f'<td class="num">{_e(tables.duration(run.get("seconds")))}</td>'
-            f'<td class="num">{_e(run.get("attempts") if run.get("attempts") is not None else tables.MISSING)}</td>'
-            f"<td>{_e(_when(run.get('started')))}</td><td>{_e(_when(run.get('finished')))}</td>"
+            f'<th scope="row">{_e(stage)}</th><td>{status_badge(run.status)}</td>'
+            f'<td class="num">{_e(tables.duration(run.seconds))}</td>'
+            f'<td class="num">{_e(run.attempts if run.attempts is not None else tables.MISSING)}</td>'
+            f"<td>{_e(_when(run.started))}</td><td>{_e(_when(run.finished))}</td>"
             f'<td class="num">{_e(tables.pct(top1))}</td>'
-            f"<td><code>{_e(run.get('run_dir') or tables.MISSING)}</code></td>"
+            f"<td><code>{_e(run.run_dir or tables.MISSING)}</code></td>"
             "</tr>"
         )
     head = "".join(
@@ -211,26 +210,25 @@ def _stage_table(variant: dict) -> str:
         for h in ("stage", "status", "wall time", "attempts", "started", "finished", "top-1 %", "folder")
     )
     out = f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>\n'
-    for stage in variant["stages"]:
-        error = (variant["runs"].get(stage) or {}).get("error")
-        if error:
-            out += f'<p>{_e(stage)} failed with:</p><pre class="error">{_e(error)}</pre>\n'
+    for stage, run in variant.runs.items():
+        if run.error:
+            out += f'<p>{_e(stage)} failed with:</p><pre class="error">{_e(run.error)}</pre>\n'
     return out
 
 
-def variant_block(variant: dict, curves: str | Path | None) -> str:
+def variant_block(variant: Variant, curves: str | Path | None) -> str:
     """One ``<details>`` block: stage statuses and times, configs, training curves."""
-    anchor = "variant-" + tables.safe_name(variant["name"])
-    badges = " ".join(f"{_e(s)} {status_badge(variant['status'].get(s))}" for s in variant["stages"])
+    anchor = "variant-" + tables.safe_name(variant.name)
+    badges = " ".join(f"{_e(stage)} {status_badge(run.status)}" for stage, run in variant.runs.items())
     parts = [
         f'<details class="variant" id="{_e(anchor)}">',
-        f'<summary>{_e(variant["name"])}<span class="masking">{_e(variant["masking"])}</span>{badges}</summary>',
+        f'<summary>{_e(variant.name)}<span class="masking">{_e(variant.label)}</span>{badges}</summary>',
     ]
-    if variant["description"]:
-        parts.append(f"<p>{_e(variant['description'])}</p>")
+    if variant.description:
+        parts.append(f"<p>{_e(variant.description)}</p>")
     parts.append(_stage_table(variant))
     for stage in ("pretrain", "finetune"):
-        if stage not in variant["stages"]:
+        if stage not in variant.runs:
             continue
         found = config_text(variant, stage)
         if found is None:
@@ -242,8 +240,8 @@ def variant_block(variant: dict, curves: str | Path | None) -> str:
     parts.append(
         figure(
             curves,
-            f"{variant['name']}: loss per logged step (metrics.jsonl) of its training stages.",
-            f"training curves of {variant['name']}",
+            f"{variant.name}: loss per logged step (metrics.jsonl) of its training stages.",
+            f"training curves of {variant.name}",
             "No training metrics yet.",
         )
     )
@@ -254,7 +252,7 @@ def variant_block(variant: dict, curves: str | Path | None) -> str:
 def _setup(report: dict) -> str:
     meta = report.get("meta") or {}
     variants = report["variants"]
-    done = sum(all(s == "done" for s in v["status"].values()) for v in variants)
+    done = sum(all(run.status == "done" for run in v.runs.values()) for v in variants)
     rows = [
         ("sweep", meta.get("name") or report.get("sweep_dir", "")),
         ("folder", report.get("sweep_dir", "")),
@@ -280,7 +278,7 @@ def _setup(report: dict) -> str:
 
 def render(report: dict) -> str:
     """The page's HTML text. ``report``: ``title``, ``meta`` (the store's meta), ``generated`` (unix time),
-    ``sweep_dir``, ``variants`` (tables.collect_variants), ``summary``, ``table1`` and ``counts`` (the rows of
+    ``sweep_dir``, ``variants`` (collect.collect_variants), ``summary``, ``table1`` and ``counts`` (the rows of
     tables.summary / table1 / counts), ``figures`` {figure2, figure3, occlusion, cka, shape-bias: PNG path or None},
     ``curves`` {variant name: PNG path or None} and ``notes`` (lines shown under the setup)."""
     figures = report.get("figures") or {}
@@ -308,7 +306,7 @@ def render(report: dict) -> str:
         body.append(f'<p class="missing">{_e(MISSING_FIGURE["figure2"])}</p>')
     body.append("</section>")
     body.append('<section id="variants"><h2>Variants</h2>')
-    body.extend(variant_block(v, curves.get(v["name"])) for v in report["variants"])
+    body.extend(variant_block(v, curves.get(v.name)) for v in report["variants"])
     body.append("</section>")
     body.append(f"<footer>Written by mixmask report on {_e(_when(report.get('generated')))}.</footer>")
     return (

@@ -10,7 +10,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from mixmask.tasks.sweep import format_plan, load_sweep, plan, run_sweep
+from mixmask.tasks.plan import format_plan, plan
+from mixmask.tasks.sweep import load_sweep, run_sweep
 
 
 def demo_sweep_file() -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +104,12 @@ def factor_results(
 
 def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.device) -> list[dict[str, Any]]:
     """Masked-pixel PSNR per strategy of a pretraining run, with its figure grids."""
-    from mixmask.tasks.pretrain import build_pretrain_model, reconstruction_images
+    from mixmask.models.factory import build_pretrain_model
+    from mixmask.tasks.pretrain import reconstruction_images
 
     cfg = resume_config(pretrain_run)
     model, masker = build_pretrain_model(cfg)
-    if masker is None:  # a contrastive method: nothing to reconstruct
+    if model.two_views:  # a contrastive method: nothing to reconstruct
         return []
     load_checkpoint(pretrain_run / "checkpoints" / "last", model, restore_rng=False)
     model.to(device).eval()
@@ -125,6 +127,84 @@ def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.devi
     return results
 
 
+def evaluate_classifier(
+    cfg: Config, classifier: Classifier, device: torch.device, out_dir: Path, results: dict[str, Any], save
+) -> None:
+    """The evaluations of a classifier that ``cfg.eval`` switches on, into ``results`` (``save()`` after each), with
+    their plots in ``out_dir`` and the wall time of each in ``results["seconds"]``."""
+    ev, data = cfg.eval, cfg.data
+    seconds = results.setdefault("seconds", {})
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name], clock = time.perf_counter() - clock, time.perf_counter()
+        save()
+
+    transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
+    val_set = build_dataset(data, "val", transform)
+    val_loader = eval_loader(val_set, data, ev.batch_size, ev.max_images)
+    val_outputs = collect(classifier, val_loader, device, "val")
+    results["accuracy"] = topk_accuracy(val_outputs.values, val_outputs.labels, ev.topk)
+    results["accuracy"] |= {"images": len(val_outputs.labels), "split": "val"}
+    results["unreadable_images"] = [{"path": s.path, "error": s.error} for s in val_outputs.skipped]
+    val_predictions = write_predictions(out_dir / "val_predictions.csv", val_set, val_outputs)
+    print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in results["accuracy"].items() if k.startswith("top")))
+    lap("accuracy")
+
+    if ev.imagenet_x:
+        factors = factor_results(cfg, classifier, val_set, val_predictions, out_dir, device)
+        if isinstance(factors, str):
+            results["factors"] = {"skipped": factors}
+            print(f"factors skipped: {factors}")
+        else:
+            results["factors"] = factors.to_dict()
+            plots.factor_accuracy_bars(results["factors"], out_dir / "factor_accuracy.png")
+            plots.error_ratio_bars(results["factors"], out_dir / "error_ratio.png")
+            print(factors.table())
+        lap("factors")
+
+    patch = patch_size_for(data.image_size, ev.occlusion_patch)
+    occlusion = {
+        "patch_size": patch,
+        "fill": ev.occlusion_fill,
+        "mean": data.mean,
+        "std": data.std,
+        "seed": ev.seed,
+    }
+    if ev.occlusion:
+        results["occlusion"] = occlusion_accuracy(
+            classifier, val_loader, ev.occlusion_ratios, device=device, **occlusion
+        )
+        plots.occlusion_curve(results["occlusion"], out_dir / "occlusion.png")
+        lap("occlusion")
+
+    if ev.cka:
+        ratios = [r for r in ev.occlusion_ratios if r > 0]
+        cka_loader = eval_loader(val_set, data, ev.batch_size, min(ev.cka_images, len(val_set)))
+        results["cka"] = occlusion_invariance(
+            classifier.backbone.forward_stages,
+            cka_loader,
+            ratios,
+            debiased=ev.cka_debiased,
+            device=device,
+            **occlusion,
+        )
+        plots.cka_curves(results["cka"], out_dir / "cka.png")
+        lap("cka")
+
+    if ev.shape_bias:
+        if data.dataset == "shapesx":
+            cue_conflict = build_dataset(data, "cue_conflict", transform)
+            predicted, shapes, textures = cue_conflict_predictions(classifier, cue_conflict, ev.batch_size, device)
+            results["shape_bias"] = shape_bias(predicted, shapes, textures, cue_conflict.classes)
+            plots.shape_bias_bars(results["shape_bias"], out_dir / "shape_bias.png")
+            print(f"shape bias: {results['shape_bias']['shape_bias']:.3f}")
+        else:
+            results["shape_bias"] = {"skipped": "shape bias needs the ShapesX cue-conflict split"}
+        lap("shape_bias")
+
+
 def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
     """Run the configured evaluations of ``cfg.eval.run``; write ``results.json`` and plots; return the folder."""
     run_dir = Path(cfg.eval.run)
@@ -135,74 +215,16 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
     ev, data = cfg.eval, cfg.data
     results: dict[str, Any] = {"task": "evaluate", "run": str(run_dir), "run_task": task, "settings": to_dict(ev)}
     results["data"] = {"dataset": data.dataset, "root": data.root, "image_size": data.image_size}
+    results["seconds"] = {}  # wall time of each evaluation: the dry-run plan scales these
 
     def save() -> None:  # after every metric: a crash late in a long evaluation keeps what was measured
         write_json(out_dir / "results.json", results)
 
     if task == "finetune":
+        start = time.perf_counter()
         classifier = load_classifier(cfg, run_dir, device)
-        transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
-        val_set = build_dataset(data, "val", transform)
-        val_loader = eval_loader(val_set, data, ev.batch_size, ev.max_images)
-        val_outputs = collect(classifier, val_loader, device, "val")
-        results["accuracy"] = topk_accuracy(val_outputs.values, val_outputs.labels, ev.topk)
-        results["accuracy"] |= {"images": len(val_outputs.labels), "split": "val"}
-        results["unreadable_images"] = [{"path": s.path, "error": s.error} for s in val_outputs.skipped]
-        val_predictions = write_predictions(out_dir / "val_predictions.csv", val_set, val_outputs)
-        print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in results["accuracy"].items() if k.startswith("top")))
-        save()
-
-        if ev.imagenet_x:
-            factors = factor_results(cfg, classifier, val_set, val_predictions, out_dir, device)
-            if isinstance(factors, str):
-                results["factors"] = {"skipped": factors}
-                print(f"factors skipped: {factors}")
-            else:
-                results["factors"] = factors.to_dict()
-                plots.factor_accuracy_bars(results["factors"], out_dir / "factor_accuracy.png")
-                plots.error_ratio_bars(results["factors"], out_dir / "error_ratio.png")
-                print(factors.table())
-            save()
-
-        patch = patch_size_for(data.image_size, ev.occlusion_patch)
-        occlusion = {
-            "patch_size": patch,
-            "fill": ev.occlusion_fill,
-            "mean": data.mean,
-            "std": data.std,
-            "seed": ev.seed,
-        }
-        if ev.occlusion:
-            results["occlusion"] = occlusion_accuracy(
-                classifier, val_loader, ev.occlusion_ratios, device=device, **occlusion
-            )
-            plots.occlusion_curve(results["occlusion"], out_dir / "occlusion.png")
-            save()
-
-        if ev.cka:
-            ratios = [r for r in ev.occlusion_ratios if r > 0]
-            cka_loader = eval_loader(val_set, data, ev.batch_size, min(ev.cka_images, len(val_set)))
-            results["cka"] = occlusion_invariance(
-                classifier.backbone.forward_stages,
-                cka_loader,
-                ratios,
-                debiased=ev.cka_debiased,
-                device=device,
-                **occlusion,
-            )
-            plots.cka_curves(results["cka"], out_dir / "cka.png")
-            save()
-
-        if ev.shape_bias:
-            if data.dataset == "shapesx":
-                cue_conflict = build_dataset(data, "cue_conflict", transform)
-                predicted, shapes, textures = cue_conflict_predictions(classifier, cue_conflict, ev.batch_size, device)
-                results["shape_bias"] = shape_bias(predicted, shapes, textures, cue_conflict.classes)
-                plots.shape_bias_bars(results["shape_bias"], out_dir / "shape_bias.png")
-                print(f"shape bias: {results['shape_bias']['shape_bias']:.3f}")
-            else:
-                results["shape_bias"] = {"skipped": "shape bias needs the ShapesX cue-conflict split"}
-            save()
+        results["seconds"]["load"] = time.perf_counter() - start
+        evaluate_classifier(cfg, classifier, device, out_dir, results, save)
 
     pretrain_run = run_dir if task == "pretrain" else Path(cfg.finetune.init) if cfg.finetune.init else None
     if (
@@ -211,8 +233,10 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
         and pretrain_run.is_dir()
         and run_task(pretrain_run) == "pretrain"
     ):
+        start = time.perf_counter()
         results["reconstruction"] = reconstruction_results(pretrain_run, out_dir, device)
         results["reconstruction_run"] = str(pretrain_run)
+        results["seconds"]["reconstruction"] = time.perf_counter() - start
         save()
 
     save()

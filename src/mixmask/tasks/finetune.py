@@ -13,15 +13,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from mixmask.config import Config, save_config
 from mixmask.data import build_dataset, eval_loader
 from mixmask.data.transforms import eval_transform, finetune_transform
 from mixmask.engine import distributed
 from mixmask.engine.run_dir import new_run_dir, write_json
-from mixmask.engine.trainer import fit
+from mixmask.engine.trainer import StepFn, fit
 from mixmask.evaluation.classification import collect, knn_predict, topk_accuracy
 from mixmask.models.classifier import Classifier, load_backbone_weights
+from mixmask.models.factory import supervised
+from mixmask.results import Method, read_run_info
 
 
 def build_classifier(cfg: Config, num_classes: int) -> tuple[Classifier, dict[str, Any]]:
@@ -76,21 +79,49 @@ def knn_accuracy(classifier: Classifier, cfg: Config, device: torch.device) -> d
     }
 
 
+def trained_method(cfg: Config) -> Method:
+    """What the finetuned network was pretrained as: the record of the pretraining run ``finetune.init`` names,
+    else a supervised classifier (from scratch, or from a weights file)."""
+    init = Path(cfg.finetune.init) if cfg.finetune.init else None
+    if init is not None and (init / "run.json").is_file():
+        info = read_run_info(init)
+        if info.task == "pretrain" and info.method is not None:
+            return info.method
+    return supervised(cfg)
+
+
+def training_set(cfg: Config) -> Dataset:
+    """The labelled training images with the finetuning augmentation."""
+    data = cfg.data
+    transform = finetune_transform(
+        data.image_size, tuple(data.finetune_scale), hflip=data.hflip, mean=data.mean, std=data.std
+    )
+    return build_dataset(data, "train", transform)
+
+
+def step_function(cfg: Config) -> StepFn:
+    """Cross-entropy (with ``finetune.label_smoothing``) of one micro-step, as the trainer calls it (and the dry-run
+    plan times it)."""
+
+    def step_fn(net: torch.nn.Module, batch, micro_step: int) -> dict[str, torch.Tensor]:
+        logits = net(batch.images)
+        return {"loss": F.cross_entropy(logits.float(), batch.labels, label_smoothing=cfg.finetune.label_smoothing)}
+
+    return step_fn
+
+
 def finetune(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None) -> Path:
     """Train (or, for kNN, just fit the bank), then write validation accuracy to ``results.json``."""
     dist = distributed.setup(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    data, ft = cfg.data, cfg.finetune
-    train_set = build_dataset(
-        data,
-        "train",
-        finetune_transform(data.image_size, tuple(data.finetune_scale), hflip=data.hflip, mean=data.mean, std=data.std),
-    )
+    ft = cfg.finetune
+    train_set = training_set(cfg)
     classifier, init = build_classifier(cfg, len(train_set.classes))  # bad weights fail before a run folder exists
     if resume is not None:
         run_dir = Path(resume)
     else:
-        run_dir = Path(distributed.broadcast_text(str(new_run_dir(cfg, "finetune", out)) if dist.main else "", dist))
+        made = str(new_run_dir(cfg, "finetune", out, trained_method(cfg))) if dist.main else ""
+        run_dir = Path(distributed.broadcast_text(made, dist))
     if dist.main:
         save_config(cfg, run_dir / "config.yaml")
         print(f"run folder: {run_dir}")
@@ -103,17 +134,12 @@ def finetune(cfg: Config, out: str | Path | None = None, resume: str | Path | No
                 results["knn"] = knn_accuracy(classifier, cfg, dist.device)
                 results["accuracy"] = {k: v for k, v in results["knn"].items() if k.startswith("top")}
         else:
-
-            def step_fn(net: torch.nn.Module, batch, micro_step: int) -> dict[str, torch.Tensor]:
-                logits = net(batch.images)
-                loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=ft.label_smoothing)
-                return {"loss": loss}
-
-            lr_scale_of = classifier.lr_scales(ft.layer_decay) if ft.layer_decay < 1 else None
-            summary = fit(cfg, run_dir, classifier, train_set, step_fn, dist, None, "finetune", lr_scale_of)
+            step_fn = step_function(cfg)
+            summary = fit(cfg, run_dir, classifier, train_set, step_fn, dist, None, "finetune", ft.layer_decay)
             if dist.main:
                 results |= {"steps": summary["steps"], "epochs": summary["epochs"], "final_loss": summary["final"]}
                 results["unreadable_images"] = summary["unreadable"]
+                results["seconds"] = {"train": summary["seconds"], "per_step": summary["seconds_per_step"]}
                 results["accuracy"] = validation_accuracy(classifier, cfg, dist.device)
         if dist.main:
             write_json(run_dir / "results.json", results)

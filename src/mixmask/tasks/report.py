@@ -9,20 +9,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mixmask.report import figures, html, plots, tables
+from mixmask.report import collect, figures, html, plots, tables
+from mixmask.results import Variant
 
 
 def _say(message: str) -> None:
     print(f"report: {message}", flush=True)
 
 
-def _by_variant(variants: list[dict], metric: str, key: str) -> dict[str, dict]:
+def _by_variant(variants: list[Variant], metric: str, key: str) -> dict[str, dict]:
     """``{variant: evaluate results[metric]}`` for the variants that have that metric (recognised by ``key``)."""
     out = {}
     for v in variants:
-        value = (v["results"].get("evaluate") or {}).get(metric)
+        value = (v.results("evaluate") or {}).get(metric)
         if isinstance(value, dict) and key in value:
-            out[v["name"]] = value
+            out[v.name] = value
     return out
 
 
@@ -32,11 +33,11 @@ def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path
     curves_<variant>.png and report.html; return the HTML path. Figures without data yet are not written (the
     page says why). Raises FileNotFoundError when there is no results.sqlite and no extra run."""
     sweep_dir = Path(sweep_dir)
-    variants = tables.collect_variants(sweep_dir, extra_runs)
-    meta = tables.read_meta(sweep_dir)
+    variants = collect.collect_variants(sweep_dir, extra_runs)
+    meta = collect.read_meta(sweep_dir)
     out_dir = Path(out) if out else sweep_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    states = "; ".join(v["name"] + ": " + ", ".join(f"{s} {v['status'][s]}" for s in v["stages"]) for v in variants)
+    states = "; ".join(v.name + ": " + ", ".join(f"{s} {run.status}" for s, run in v.runs.items()) for v in variants)
     _say(f"{len(variants)} variant(s): {states}")
 
     rows1, count_rows, summary_rows = tables.table1(variants), tables.counts(variants), tables.summary(variants)
@@ -49,7 +50,7 @@ def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path
     _say(f"tables -> {out_dir}/{{table1,counts,summary}}.{{md,csv}}")
 
     written: dict[str, Path | None] = {}
-    factors = {v["name"]: f for v in variants if (f := tables.factors_of(v)) is not None}
+    factors = {v.name: f for v in variants if (f := tables.factors_of(v)) is not None}
     plan = [
         ("figure2", "figure2_error_ratios.png", factors, plots.error_ratio_bars),
         ("occlusion", "occlusion.png", _by_variant(variants, "occlusion", "ratios"), plots.occlusion_curve),
@@ -67,14 +68,14 @@ def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path
 
     curves: dict[str, Path | None] = {}
     for v in variants:
-        target = out_dir / f"curves_{tables.safe_name(v['name'])}.png"
+        target = out_dir / f"curves_{tables.safe_name(v.name)}.png"
         target.unlink(missing_ok=True)
         runs = {
-            f"{stage} ({v['status'].get(stage)})" if v["status"].get(stage) != "done" else stage: v["paths"].get(stage)
-            for stage in ("pretrain", "finetune")
-            if stage in v["stages"]
+            stage if run.status == "done" else f"{stage} ({run.status})": run.run_dir
+            for stage, run in v.runs.items()
+            if stage in ("pretrain", "finetune")
         }
-        curves[v["name"]] = figures.training_curves(runs, target, title=v["name"]) if runs else None
+        curves[v.name] = figures.training_curves(runs, target, title=v.name) if runs else None
     _say(f"training curves for {sum(p is not None for p in curves.values())} of {len(variants)} variant(s)")
 
     notes = []

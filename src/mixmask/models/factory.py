@@ -1,0 +1,49 @@
+"""The one place a pretraining method is built from a config: a plain if/else over ``model.method``.
+
+Each method owns its rules in its own file (which stage its token enters, which masks it accepts, whether it is a
+two-view method); this module only picks the method and hands it the config.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from mixmask.config import Config
+from mixmask.masking import MixedMasker
+from mixmask.models.a2mim import A2MIM
+from mixmask.models.backbone import build_backbone
+from mixmask.models.mae import MAE
+from mixmask.models.mocov3 import MoCoV3
+from mixmask.results import Method, Strategy
+
+
+def build_pretrain_model(cfg: Config) -> tuple[nn.Module, MixedMasker | None]:
+    """The method's model and its masker (None for a two-view method such as MoCo v3, which does not mask). Fails
+    with a ConfigError on masking the method or the backbone cannot do (e.g. a patch no stage can mask exactly)."""
+    backbone = build_backbone(cfg.model.backbone, cfg.data.image_size)
+    if cfg.model.method == "mocov3":
+        return MoCoV3(backbone, cfg.model.mocov3), None
+    if cfg.model.method == "mae":
+        return MAE(backbone, cfg.model.mae, norm_pix=cfg.loss.norm_pix), MAE.masker(cfg, backbone)
+    masker = A2MIM.masker(cfg, backbone)
+    return A2MIM.from_config(cfg, backbone, masker), masker
+
+
+def describe(cfg: Config, model: nn.Module, masker: MixedMasker | None) -> Method:
+    """The ``Method`` record of a pretraining config with its model and masker (``build_pretrain_model``'s): each
+    strategy with the stage its token enters, resolved as the run resolves it."""
+    backbone = cfg.model.backbone
+    if model.two_views:
+        return Method(cfg.model.method, backbone, two_views=True)
+    token = cfg.model.method != "mae" and cfg.model.token_mode != "none"
+    strategies = tuple(
+        Strategy(spec.kind, spec.patch_size, spec.ratio, stage if token else None, spec.weight)
+        for spec, stage in zip(masker.specs, masker.stages, strict=True)
+    )
+    return Method(cfg.model.method, backbone, strategies, cfg.masking.mix, token=token)
+
+
+def supervised(cfg: Config) -> Method:
+    """The ``Method`` record of a classifier trained without a pretraining stage of its own (``finetune.init``:
+    scratch, or a weights file)."""
+    return Method("supervised", cfg.model.backbone, init=cfg.finetune.init)

@@ -1,0 +1,54 @@
+"""The dry-run plan: every stage with its work, estimated from the tasks' own steps timed here."""
+
+import yaml
+
+from mixmask.cli import main
+from mixmask.store import ResultsStore
+from mixmask.tasks import plan as plan_module
+from mixmask.tasks.plan import format_plan, plan
+from mixmask.tasks.sweep import load_sweep
+from tests.test_sweep import tiny_sweep
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tiny_sweep()))
+    assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith(("p4 ", "scratch "))]
+    assert len(lines) == 5
+    assert lines[0].split()[:3] == ["p4", "pretrain", "8"]  # 128 images / 32 per batch x 2 epochs
+    assert "total" in text and not (tmp_path / "out").exists()
+
+
+def test_each_kind_of_stage_is_timed_once_with_the_tasks_own_code(tmp_path, monkeypatch):
+    calls = []
+    for name in ("_training_probe", "_evaluate_probe"):
+        real = getattr(plan_module, name)
+        monkeypatch.setattr(plan_module, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    rows = plan(load_sweep(data=tiny_sweep()))
+    # p4's finetune and scratch's differ only in their initial weights: one finetune probe, one evaluate probe
+    assert calls == ["_training_probe", "_training_probe", "_evaluate_probe"]
+    by_stage = {(r.variant, r.stage): r for r in rows}
+    pretrain, finetune, evaluate = (by_stage[("p4", s)] for s in ("pretrain", "finetune", "evaluate"))
+    assert pretrain.steps == finetune.steps == 8 and pretrain.images == 0
+    assert finetune.images == 48  # the validation pass after training
+    # accuracy 48 + factors 34 + occlusion 48 x 2 ratios + CKA 32 x (1 + 1 ratio) + shape bias 20
+    assert evaluate.images == 48 + 34 + 96 + 64 + 20
+    assert all(r.seconds > 0 and r.status == "to run" for r in rows)
+    assert by_stage[("scratch", "evaluate")].seconds == evaluate.seconds
+
+
+def test_done_stages_cost_nothing(tmp_path):
+    sweep = load_sweep(data=tiny_sweep(variants=[{"name": "scratch", "stages": ["finetune", "evaluate"]}]))
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.add_variant("scratch", 0, sweep.variants[0].spec(), {"finetune": "f", "evaluate": "e"})
+    store.start("scratch", "finetune")
+    store.finish("scratch", "finetune", {}, 1.0)
+    store.close()
+    rows = plan(sweep, tmp_path)
+    assert [(r.stage, r.status, r.seconds == 0) for r in rows] == [
+        ("finetune", "done", True),
+        ("evaluate", "to run", False),
+    ]
+    assert "0:00:00" in format_plan(rows).splitlines()[1]
