@@ -27,8 +27,9 @@ def test_each_kind_of_stage_is_timed_once_with_the_tasks_own_code(tmp_path, monk
         real = getattr(plan_module, name)
         monkeypatch.setattr(plan_module, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     rows = plan(load_sweep(data=tiny_sweep()))
-    # p4's finetune and scratch's differ only in their initial weights: one finetune probe, one evaluate probe
-    assert calls == ["_training_probe", "_training_probe", "_evaluate_probe"]
+    # pretraining; finetuning and its validation pass (p4's and scratch's differ only in their initial weights, so
+    # they are timed once); the evaluate stage (the same for both variants)
+    assert calls == ["_training_probe", "_training_probe", "_evaluate_probe", "_evaluate_probe"]
     by_stage = {(r.variant, r.stage): r for r in rows}
     pretrain, finetune, evaluate = (by_stage[("p4", s)] for s in ("pretrain", "finetune", "evaluate"))
     assert pretrain.steps == finetune.steps == 8 and pretrain.images == 0

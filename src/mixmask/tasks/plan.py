@@ -10,7 +10,9 @@ Each kind of stage (same model, data, masking and batch) is timed once per plan.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +49,15 @@ def _probe_config(cfg: Config, **eval_overrides: Any) -> Config:
 
 
 def _images(cfg: Config, split: str) -> int:
+    """Images in ``split`` of the config's data (each data set is listed once per plan: folders can be large)."""
+    return _split_size(json.dumps(to_dict(cfg)["data"], sort_keys=True), split)
+
+
+@functools.lru_cache(maxsize=256)
+def _split_size(data: str, split: str) -> int:
     from mixmask.data import build_dataset
 
-    return len(build_dataset(cfg.data, split))
+    return len(build_dataset(load_config(None, base={"data": json.loads(data)}).data, split))
 
 
 def _val_images(cfg: Config) -> int:
@@ -177,7 +185,8 @@ def plan(sweep, sweep_dir: str | Path | None = None) -> list[PlanRow]:
                 steps = sampler.batches_per_epoch() // train.accum_steps * train.epochs
                 seconds = timing["fixed"] + steps * timing["per_step"]
             if stage == "finetune":  # the validation pass at the end (kNN: the bank of training images too)
-                per_image = probe(_key("evaluate", cfg), _evaluate_probe, cfg)["accuracy"]
+                accuracy_only = _probe_config(cfg, imagenet_x=False, occlusion=False, cka=False, shape_bias=False)
+                per_image = probe(_key("evaluate", accuracy_only), _evaluate_probe, accuracy_only)["accuracy"]
                 images = _val_images(cfg) + (_images(cfg, "train") if knn else 0)
                 seconds += images * per_image
             if stage == "evaluate":
