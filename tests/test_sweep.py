@@ -214,8 +214,8 @@ def test_a_variant_may_name_its_own_base_config_for_a_stage():
 @pytest.mark.parametrize(
     "name, methods",
     [
-        ("a2mim_ablation_shapesx.yaml", {"a2mim": 7, "simmim": 1}),
-        ("a2mim_ablation_r50_in100.yaml", {"a2mim": 7, "simmim": 1}),
+        ("a2mim_ablation_shapesx.yaml", {"a2mim": 8, "simmim": 1}),
+        ("a2mim_ablation_r50_in100.yaml", {"a2mim": 8, "simmim": 1}),
         ("baselines_shapesx.yaml", {"a2mim": 2, "simmim": 1, "mocov3": 1, "mae": 1}),
     ],
 )
