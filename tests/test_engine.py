@@ -157,10 +157,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     with pytest.raises(TrainingDiverged, match="NaN"):
         fit(cfg, tmp_path, TinyNet(), RandomImages(), diverge, Dist())
-    state = json.loads((tmp_path / "checkpoints" / "last" / "state.json").read_text())
+    newest = ckpt.latest_intact_checkpoint(tmp_path)
+    state = json.loads((newest / "state.json").read_text())
     assert state["step"] == 4
     model = TinyNet()
-    ckpt.load_checkpoint(tmp_path / "checkpoints" / "last", model)
+    ckpt.load_checkpoint(newest, model)
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
 
 

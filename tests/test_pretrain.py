@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from mixmask.cli import main
 from mixmask.config import load_config
+from mixmask.engine.checkpoint import latest_intact_checkpoint
 from mixmask.models.a2mim import A2MIM
 from mixmask.tasks.pretrain import pretrain
 
@@ -44,7 +45,7 @@ def test_pretrain_cli_writes_a_complete_run_folder(tmp_path, capsys):
     for r in results["reconstruction"]:
         assert 5 < r["psnr_masked"] < 60
         assert (run / r["figure"]).is_file()
-    assert (run / "checkpoints" / "last" / "model.safetensors").is_file()
+    assert (latest_intact_checkpoint(run) / "model.safetensors").is_file()
     assert list((run / "tensorboard").iterdir())
     # a second run into the same folder is refused instead of overwriting it
     assert main(["pretrain", *TINY, "--out", str(run)]) == 2
@@ -76,12 +77,12 @@ def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg, out=tmp_path / "resumed")
     monkeypatch.setattr(A2MIM, "forward", forward)
-    assert json.loads((tmp_path / "resumed/checkpoints/last/state.json").read_text())["step"] == 8
+    assert json.loads((latest_intact_checkpoint(tmp_path / "resumed") / "state.json").read_text())["step"] == 8
     torch.manual_seed(99)  # as if in a new process
     assert main(["pretrain", "--resume", str(tmp_path / "resumed")]) == 0
 
-    a = load_file(straight / "checkpoints/last/model.safetensors")
-    b = load_file(tmp_path / "resumed/checkpoints/last/model.safetensors")
+    a = load_file(latest_intact_checkpoint(straight) / "model.safetensors")
+    b = load_file(latest_intact_checkpoint(tmp_path / "resumed") / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from mixmask.config import Config, ConfigError, save_config
+from mixmask.config import Config, ConfigError
 from mixmask.data import build_dataset
 from mixmask.data.transforms import eval_transform, pretrain_transform, two_view_transform
 from mixmask.engine import distributed
-from mixmask.engine.run_dir import new_run_dir, write_json
+from mixmask.engine.run_dir import open_run_dir, write_json
 from mixmask.engine.trainer import EpochSampler, fit
 from mixmask.evaluation.reconstruction import reconstruct, save_reconstruction_figure
 from mixmask.masking import MixedMasker
@@ -82,13 +82,7 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | No
         "train",
         make_transform(data.image_size, tuple(data.pretrain_scale), hflip=data.hflip, mean=data.mean, std=data.std),
     )
-    if resume is not None:
-        run_dir = Path(resume)
-    else:
-        run_dir = Path(distributed.broadcast_text(str(new_run_dir(cfg, "pretrain", out)) if dist.main else "", dist))
-    if dist.main:
-        save_config(cfg, run_dir / "config.yaml")
-        print(f"run folder: {run_dir}")
+    run_dir = open_run_dir(cfg, "pretrain", dist, out, resume)
     shown = reconstruction_images(cfg).to(dist.device) if dist.main and masker is not None else None
     train = cfg.train
     sampler = EpochSampler(len(dataset), train.batch_size, train.seed, 0, dist.world, train.accum_steps)
