@@ -93,7 +93,8 @@ _LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, Safe
 
 
 def _why_unreadable(path: Path, error: BaseException) -> str:
-    """A short reason a weights file did not load: pickled objects (named), or not a whole weights file."""
+    """A short reason a weights file did not load: pickled objects (named), or a damaged or foreign file (torch's
+    own message is many lines of advice to unpickle, which is exactly what must not happen here)."""
     if not isinstance(error, SafetensorError):
         find_unsafe = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
         try:
@@ -102,8 +103,9 @@ def _why_unreadable(path: Path, error: BaseException) -> str:
             unsafe = []
         if unsafe:
             return f"it holds pickled Python objects ({', '.join(unsafe[:3])}), which are never loaded"
-    lines = str(error).strip().splitlines()
-    return f"not a whole weights file ({lines[0][:200] if lines else type(error).__name__})"
+    if isinstance(error, SafetensorError):
+        return f"not a whole safetensors file ({error})"
+    return "not a readable PyTorch weights file (damaged, cut short, or another format)"
 
 
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -167,7 +169,10 @@ def classes_in(weights: dict[str, torch.Tensor], backbone: str) -> int:
 def load_backbone_weights(classifier: Classifier, path: str | Path) -> dict[str, int]:
     """Load everything but the head from ``path``; the head keeps its fresh initialisation. Fails, naming keys,
     when the weights do not fit the backbone (another architecture, a missing stage, other shapes)."""
-    weights = read_weights(path)
+    try:
+        weights = read_weights(path)
+    except WeightsError as error:
+        raise WeightsError(f"config field `finetune.init`: {error}") from None
     own = {k: v for k, v in classifier.timm_model.state_dict().items() if not classifier.is_head(k)}
     given = {k: v for k, v in weights.items() if not classifier.is_head(k)}
     missing = sorted(set(own) - set(given))

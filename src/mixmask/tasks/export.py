@@ -42,6 +42,8 @@ def export(run_dir: str | Path, out: str | Path) -> dict[str, str]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".safetensors")
+    except FileExistsError as error:  # a parent is a file
+        raise OSError(f"cannot write {out}: {error.filename} is a file, not a folder") from None
     except OSError as error:  # the system's message would name a parent folder or the temporary file
         raise OSError(f"cannot write {out}: {error.strerror or error}") from None
     metadata = {
