@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from mixmask.cli import main
 from mixmask.config import load_config
+from mixmask.engine import checkpoint as ckpt
 from mixmask.engine.checkpoint import latest_intact_checkpoint
 from mixmask.models.a2mim import A2MIM
 from mixmask.tasks.pretrain import pretrain
@@ -85,6 +86,35 @@ def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeyp
     b = load_file(latest_intact_checkpoint(tmp_path / "resumed") / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_damaged_checkpoint_resumes_from_the_previous_one_and_none_intact_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [str(ROOT / "configs/pretrain/a2mim_tiny_shapesx.yaml"), *TINY, "train.epochs=1"]
+    assert main(["pretrain", *args, "--out", str(run)]) == 0  # 6 steps: checkpoints at steps 4 and 6
+    newest, previous = (run / "checkpoints" / name for name in ("step-00000006", "step-00000004"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [previous.name, newest.name]
+    finished = {k: v.clone() for k, v in load_file(newest / "model.safetensors").items()}  # not backed by the file
+    with (newest / "model.safetensors").open("r+b") as handle:  # a copy cut short
+        handle.truncate(1000)
+    capsys.readouterr()
+
+    assert main(["pretrain", "--resume", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert f"{newest / 'model.safetensors'} does not match its sha256" in captured.err
+    assert f"resuming from {previous}: epoch 0, step 4" in captured.out
+    assert json.loads((run / "results.json").read_text())["steps"] == 6
+    again = load_file(latest_intact_checkpoint(run) / "model.safetensors")
+    assert all(torch.equal(finished[k], again[k]) for k in finished)  # steps 5 and 6 replayed exactly
+
+    for folder in ckpt.checkpoint_folders(run):
+        with (folder / "model.safetensors").open("r+b") as handle:
+            handle.truncate(1000)
+    assert main(["pretrain", "--resume", str(run)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mixmask: error: no intact checkpoint in {run / 'checkpoints'}")
+    assert "Traceback" not in captured.err + captured.out
 
 
 def test_loss_falls_on_shapesx(tmp_path):
