@@ -13,6 +13,7 @@ from mixmask.config import load_config, save_config
 from mixmask.engine.checkpoint import write_checkpoint
 from mixmask.engine.run_dir import new_run_dir
 from mixmask.models.classifier import Classifier
+from mixmask.store import ResultsStore
 
 
 def test_version_and_help_list_only_working_commands(capsys):
@@ -153,3 +154,28 @@ def test_programming_errors_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(mixmask.tasks.pretrain, "pretrain", broken)
     with pytest.raises(TypeError, match="a bug"):
         main(["pretrain", *TINY])
+
+
+def test_damaged_run_and_sweep_records_are_one_line(tmp_path, capsys):
+    run = fake_run(tmp_path / "ft", "finetune")
+    (run / "run.json").write_text("{")
+    assert main(["export", str(run), "--out", str(tmp_path / "w.safetensors")]) == 2
+    assert (
+        one_error_line(capsys)
+        == f'{run / "run.json"} is damaged: expected JSON with the run\'s task, as {{"task": "pretrain"}}'
+    )
+
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "results.sqlite").write_text("not a database, a text file in its place\n" * 20)
+    assert main(["report", str(tmp_path / "sweep")]) == 2
+    assert one_error_line(capsys) == (
+        f"{tmp_path / 'sweep' / 'results.sqlite'} is not a usable mixmask results store (file is not a database)"
+    )
+
+    sweep_file = tmp_path / "s.yaml"  # a variant whose settings changed since the store recorded it
+    sweep_file.write_text("name: s\nfinetune: {train: {epochs: 1}}\nvariants: [{name: a, stages: [finetune]}]\n")
+    ResultsStore(tmp_path / "s" / "results.sqlite").add_variant("a", 0, {"other": 1}, {"finetune": "runs/a/finetune"})
+    assert main(["sweep", str(sweep_file), "--out", str(tmp_path / "s")]) == 2
+    assert one_error_line(capsys).startswith(
+        f"variant 'a' in {tmp_path / 's' / 'results.sqlite'} was recorded with other settings"
+    )

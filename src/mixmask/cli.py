@@ -343,10 +343,18 @@ def main(argv: list[str] | None = None) -> int:
         from mixmask.engine.trainer import TrainingDiverged
         from mixmask.evaluation.imagenet_x import PredictionError
         from mixmask.models.classifier import WeightsError
+        from mixmask.store import StoreError
 
-        if not isinstance(
-            error, (DataError, TrainingDiverged, PredictionError, CheckpointError, RunDirError, WeightsError)
-        ):
+        bad_input = (
+            DataError,
+            TrainingDiverged,
+            PredictionError,
+            CheckpointError,
+            RunDirError,
+            WeightsError,
+            StoreError,
+        )
+        if not isinstance(error, bad_input):
             raise
         print(f"mixmask: error: {error}", file=sys.stderr)
         return 2

@@ -71,7 +71,10 @@ def run_task(run_dir: str | Path) -> str:
     info = Path(run_dir) / "run.json"
     if not info.is_file():
         raise FileNotFoundError(f"{run_dir} is not a mixmask run folder (no run.json)")
-    return json.loads(info.read_text())["task"]
+    try:
+        return json.loads(info.read_text())["task"]
+    except (ValueError, KeyError, TypeError):  # not JSON, or JSON without the task
+        raise RunDirError(f'{info} is damaged: expected JSON with the run\'s task, as {{"task": "pretrain"}}') from None
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
