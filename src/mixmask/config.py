@@ -322,7 +322,7 @@ class FinetuneConfig:
     """Supervised training of a classifier on the backbone: full finetuning, a linear probe or a kNN classifier.
 
     ``init`` is where the backbone's weights come from: empty for random initialisation, a pretraining run folder
-    (its last checkpoint), or a weights file (``mixmask export`` output, timm or torchvision ResNet weights as
+    (its newest intact checkpoint), or a weights file (``mixmask export`` output, timm or torchvision ResNet weights as
     ``.safetensors`` or ``.pth``). The classifier head always starts fresh.
     """
 
