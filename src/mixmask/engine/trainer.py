@@ -150,8 +150,9 @@ def fit(
     lr_scale_of: Callable[[str], float] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` with the loss from ``step_fn``; resume from the newest intact checkpoint of
-    ``run_dir`` when it has one (damaged newer ones are set aside with a warning). ``lr_scale_of(param name)`` scales learning rates per parameter (layer decay). Returns a summary
-    (steps, final loss terms, unreadable images)."""
+    ``run_dir`` when it has one (damaged newer ones are set aside with a warning), keep the newest
+    ``train.keep_checkpoints``. ``lr_scale_of(param name)`` scales learning rates per parameter (layer decay).
+    Returns a summary (steps, final loss terms, unreadable images)."""
     train = cfg.train
     device = dist.device
     cuda = device.type == "cuda"
