@@ -78,6 +78,7 @@ def test_saved_config_round_trips(tmp_path):
         ("data.num_workers=many", ["data.num_workers", "an integer or 'auto'"]),
         ("eval.occlusion_ratios=[0.5, 1.2]", ["eval.occlusion_ratios", "[0, 1)"]),
         ("noequals", ["key.sub=value"]),
+        ("train.keep_checkpoints=0", ["train.keep_checkpoints", "got 0", "an integer >= 1"]),
     ],
 )
 def test_errors_name_field_value_and_accepted(override, fragments):
@@ -91,7 +92,11 @@ def test_bad_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     assert "mapping" in error_of([], tmp_path / "list.yaml")
     (tmp_path / "broken.yaml").write_text("train: [1, 2\n")
-    assert "not valid YAML" in error_of([], tmp_path / "broken.yaml")
+    message = error_of([], tmp_path / "broken.yaml")
+    assert "not valid YAML: line 2, column 1: expected ',' or ']'" in message and "\n" not in message
+    assert "is a folder; expected a YAML file" in error_of([], tmp_path)
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")
+    assert "not a text file (not UTF-8)" in error_of([], tmp_path / "binary.yaml")
     (tmp_path / "unknown.yaml").write_text("model:\n  backbone: resnet18\n  depth: 3\n")
     assert "model.depth" in error_of([], tmp_path / "unknown.yaml")
 

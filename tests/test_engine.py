@@ -1,8 +1,12 @@
 import json
 import math
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -100,7 +104,7 @@ def test_idle_parameters_keep_their_value_and_optimizer_state(tmp_path):
     fit(config(), tmp_path, model, RandomImages(), classify, Dist())
     assert torch.equal(model.mask_tokens["1"].detach(), torch.ones(1, 8, 1, 1))
     optimizer = build_optimizer(model, config().optim, 1e-3)
-    ckpt.load_checkpoint(tmp_path / "checkpoints" / "last", model, optimizer)
+    ckpt.load_checkpoint(ckpt.latest_intact_checkpoint(tmp_path), model, optimizer)
     assert model.mask_tokens["1"] not in optimizer.state  # AdamW never took a step on it
     assert int(optimizer.state[model.mask_tokens["0"]]["step"]) == 18  # 48 images / 8 x 3 epochs
 
@@ -187,10 +191,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     with pytest.raises(TrainingDiverged, match="NaN"):
         fit(cfg, tmp_path, TinyNet(), RandomImages(), diverge, Dist())
-    state = json.loads((tmp_path / "checkpoints" / "last" / "state.json").read_text())
+    newest = ckpt.latest_intact_checkpoint(tmp_path)
+    state = json.loads((newest / "state.json").read_text())
     assert state["step"] == 4
     model = TinyNet()
-    ckpt.load_checkpoint(tmp_path / "checkpoints" / "last", model)
+    ckpt.load_checkpoint(newest, model)
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
 
 
@@ -203,3 +208,154 @@ def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
     fit(config(epochs=1, batch_size=8, accum_steps=2), tmp_path / "b", two, RandomImages(), classify, Dist())
     for key, value in one.state_dict().items():
         torch.testing.assert_close(value, two.state_dict()[key], rtol=1e-4, atol=1e-6)
+
+
+def test_fit_keeps_the_newest_checkpoints_with_their_checksums(tmp_path):
+    fit(config(checkpoint_every_steps=4, keep_checkpoints=3), tmp_path, TinyNet(), RandomImages(), classify, Dist())
+    # checkpoints at steps 4, 6 (end of epoch 0), 8, 12, 16, 18: the newest three are kept, nothing else is left
+    folders = ckpt.checkpoint_folders(tmp_path)
+    assert [f.name for f in folders] == ["step-00000018", "step-00000016", "step-00000012"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(f.name for f in folders)
+    state = json.loads((folders[0] / "state.json").read_text())
+    files = ("model.safetensors", "optimizer.safetensors")
+    assert state["step"] == 18 and state["sha256"] == {name: ckpt.file_sha256(folders[0] / name) for name in files}
+    assert ckpt.latest_intact_checkpoint(tmp_path) == folders[0]
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _stopped_run(cfg, run_dir, at_micro_step):
+    """A run interrupted at ``at_micro_step`` (as by a crash), with its checkpoints up to there."""
+    torch.manual_seed(0)
+
+    def stop(model, batch, micro_step):
+        if micro_step == at_micro_step:
+            raise Interrupt
+        return classify(model, batch, micro_step)
+
+    with pytest.raises(Interrupt):
+        fit(cfg, run_dir, TinyNet(), RandomImages(), stop, Dist())
+
+
+def test_a_damaged_newest_checkpoint_resumes_exactly_from_the_one_before(tmp_path, capsys):
+    cfg = config(checkpoint_every_steps=2)
+    torch.manual_seed(0)
+    straight = TinyNet()
+    fit(cfg, tmp_path / "straight", straight, RandomImages(), classify, Dist())
+
+    run = tmp_path / "resumed"
+    _stopped_run(cfg, run, at_micro_step=9)  # epoch 1, after the checkpoint at step 8; step 6 is kept too
+    damaged = run / "checkpoints" / "step-00000008" / "model.safetensors"
+    _truncate(damaged)
+    capsys.readouterr()
+    torch.manual_seed(123)
+    resumed = TinyNet()
+    summary = fit(cfg, run, resumed, RandomImages(), classify, Dist())
+    err = capsys.readouterr().err
+    assert f"{damaged} does not match its sha256" in err and "using the checkpoint" in err and "step-00000006" in err
+    assert summary["steps"] == 18
+    for key, value in straight.state_dict().items():  # the lost steps are replayed exactly
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    # the damaged checkpoint is set aside, not deleted, and not counted among the kept ones
+    assert (run / "checkpoints" / "damaged-step-00000008" / "model.safetensors").is_file()
+    assert [f.name for f in ckpt.checkpoint_folders(run)] == ["step-00000018", "step-00000016"]
+
+
+def test_every_kind_of_damage_is_found_and_named(tmp_path, capsys):
+    model = TinyNet()
+    optimizer = build_optimizer(model, load_config().optim, lr=0.1)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    for step in (1, 2, 3):
+        ckpt.write_checkpoint(tmp_path, model, optimizer, {"step": step}, keep=2)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003"]
+    newest, previous = root / "step-00000003", root / "step-00000002"
+    shutil.copytree(newest, tmp_path / "backup")
+
+    def flip_a_byte(path):  # same size, other content
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 1
+        path.write_bytes(bytes(data))
+
+    damages = [
+        ("model.safetensors", _truncate, "model.safetensors does not match its sha256"),
+        ("optimizer.safetensors", flip_a_byte, "optimizer.safetensors does not match its sha256"),
+        ("optimizer.safetensors", Path.unlink, "optimizer.safetensors is missing"),
+        ("state.json", lambda p: p.write_text('{"step": 3, "sha'), "state.json is unreadable"),
+    ]
+    for name, damage, expected in damages:
+        shutil.rmtree(newest)
+        shutil.copytree(tmp_path / "backup", newest)
+        damage(newest / name)
+        assert ckpt.latest_intact_checkpoint(tmp_path) == previous
+        err = capsys.readouterr().err
+        assert f"{newest / name.split('/')[-1]}" in err and expected in err
+        with pytest.raises(ckpt.CheckpointError, match=expected):
+            ckpt.load_checkpoint(newest, TinyNet(), build_optimizer(TinyNet(), load_config().optim, lr=0.1))
+    # readers of weights only do not need the optimizer file
+    (newest / "optimizer.safetensors").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "backup" / "state.json", newest / "state.json")
+    assert ckpt.latest_intact_checkpoint(tmp_path, weights_only=True) == newest
+    # nothing intact: one line naming every damaged file, and nothing is touched
+    _truncate(previous / "model.safetensors")
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.latest_intact_checkpoint(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"no intact checkpoint in {root}") and "\n" not in message
+    assert "step-00000003/optimizer.safetensors is missing" in message
+    assert "step-00000002/model.safetensors does not match" in message
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003"]
+
+
+def test_run_folders_with_the_old_single_checkpoint_still_load_and_resume(tmp_path):
+    cfg = config(checkpoint_every_steps=2)
+    torch.manual_seed(0)
+    straight = TinyNet()
+    fit(cfg, tmp_path / "straight", straight, RandomImages(), classify, Dist())
+
+    run = tmp_path / "old"
+    _stopped_run(cfg, run, at_micro_step=9)
+    root = run / "checkpoints"  # rewrite it as an older mixmask left it: checkpoints/last, no checksums
+    os.replace(root / "step-00000008", root / "last")
+    shutil.rmtree(root / "step-00000006")
+    state = json.loads((root / "last" / "state.json").read_text())
+    del state["sha256"]
+    (root / "last" / "state.json").write_text(json.dumps(state))
+    assert ckpt.latest_intact_checkpoint(run) == root / "last"
+    shutil.copytree(root / "last", tmp_path / "damaged_last")  # without checksums, damage shows in the file's header
+    _truncate(tmp_path / "damaged_last" / "model.safetensors")
+    assert "model.safetensors is damaged" in ckpt.verify_checkpoint(tmp_path / "damaged_last")
+
+    torch.manual_seed(123)
+    resumed = TinyNet()
+    assert fit(cfg, run, resumed, RandomImages(), classify, Dist())["steps"] == 18
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert [f.name for f in ckpt.checkpoint_folders(run)] == ["step-00000018", "step-00000016"]  # `last` rotated out
+
+
+def test_a_failed_checkpoint_write_stops_clearly_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    real_save_file = ckpt.save_file
+    written = []
+
+    def disk_fills_up(tensors, path, *args, **kwargs):  # as safetensors reports a full disk
+        written.append(path)
+        if len(written) > 2:  # the first checkpoint's two files fit, the next does not
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save_file(tensors, path, *args, **kwargs)
+
+    cfg = config(checkpoint_every_steps=2)
+    monkeypatch.setattr(ckpt, "save_file", disk_fills_up)
+    with pytest.raises(ckpt.CheckpointError) as info:
+        fit(cfg, tmp_path, TinyNet(), RandomImages(), classify, Dist())
+    message = str(info.value)
+    assert message.startswith(f"could not write the checkpoint {tmp_path / 'checkpoints' / 'step-00000004'}")
+    assert "No space left on device" in message
+    assert message.endswith(f"the previous checkpoint {tmp_path / 'checkpoints' / 'step-00000002'} is intact")
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000002"]  # no half-written folder
+    monkeypatch.setattr(ckpt, "save_file", real_save_file)  # space freed: the run goes on from step 2
+    assert fit(cfg, tmp_path, TinyNet(), RandomImages(), classify, Dist())["steps"] == 18

@@ -1,6 +1,8 @@
 """Finetuning, probes, export and evaluation end to end on ShapesX: a tiny A2MIM run, finetuned, exported, evaluated."""
 
+import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from mixmask._compat import timm, torchvision
 from mixmask.cli import main
 from mixmask.config import ConfigError, load_config
 from mixmask.engine.optim import param_groups
-from mixmask.models.classifier import Classifier, load_backbone_weights, read_weights
+from mixmask.models.classifier import Classifier, WeightsError, load_backbone_weights, read_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["data.image_size=32", "data.num_workers=0", "data.shapesx.val=300", "data.shapesx.test=340"]
@@ -95,6 +97,69 @@ def test_bad_init_fails_before_a_run_folder_is_made(tmp_path, capsys):
     assert main(["finetune", *FINETUNE, f"finetune.init={tmp_path / 'missing.safetensors'}", "--out", str(out)]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
     assert not out.exists()
+
+
+class MakesAFolder:
+    """Pickled, this would run ``os.mkdir(path)`` when loaded with unpickling allowed."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_pickled_object_as_init_is_refused_in_one_line_and_never_run(tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "hook": MakesAFolder(marker)}, tmp_path / "evil.pth")
+    out = tmp_path / "r"
+    assert main(["finetune", *FINETUNE, f"finetune.init={tmp_path / 'evil.pth'}", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.out + captured.err
+    assert lines[0].startswith(f"mixmask: error: config field `finetune.init`: cannot read weights from {tmp_path}")
+    assert "pickled Python objects (posix.mkdir)" in lines[0] and "a weights-only .pth/.pt state dict" in lines[0]
+    assert not marker.exists() and not out.exists()
+
+
+def _damaged_files(folder: Path) -> dict[str, Path]:
+    """One file or folder per way a weights source can be unreadable."""
+    torch.save([torch.zeros(2)], folder / "list.pth")
+    torch.save(torch.zeros(2), folder / "tensor.pth")
+    (folder / "random.pth").write_bytes(bytes(range(256)) * 8)
+    torch.save({"w": torch.zeros(1000)}, folder / "whole.pth")
+    (folder / "cut.pth").write_bytes((folder / "whole.pth").read_bytes()[:500])
+    save_file({"w": torch.zeros(1000)}, folder / "whole.safetensors")
+    (folder / "cut.safetensors").write_bytes((folder / "whole.safetensors").read_bytes()[:-100])
+    (folder / "header.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    (folder / "not_a_run").mkdir()
+    return {
+        "list.pth": "it holds a list, not a state dict of named tensors",
+        "tensor.pth": "it holds a Tensor, not a state dict",
+        "random.pth": "not a readable PyTorch weights file",
+        "cut.pth": "not a readable PyTorch weights file",
+        "cut.safetensors": "not a whole safetensors file",
+        "header.safetensors": "not a whole safetensors file",
+        "not_a_run": "is a folder without checkpoints, not a mixmask run",
+    }
+
+
+def test_unreadable_weights_give_one_line_naming_the_file_and_what_is_accepted(tmp_path):
+    for name, reason in _damaged_files(tmp_path).items():
+        with pytest.raises(WeightsError) as info:
+            read_weights(tmp_path / name)
+        message = str(info.value)
+        assert str(tmp_path / name) in message and reason in message, message
+        assert "expected a .safetensors file, a weights-only .pth/.pt state dict" in message and "\n" not in message
+
+
+def test_timm_training_checkpoints_still_load(tmp_path):
+    """timm's own loader accepts its training checkpoints (argparse args, DDP prefixes): so does read_weights."""
+    weights = Classifier("resnet_tiny", 10).timm_model.state_dict()
+    wrapped = {f"module.{k}": v for k, v in weights.items()}
+    torch.save({"epoch": 3, "args": argparse.Namespace(lr=0.1), "state_dict": wrapped}, tmp_path / "timm.pth")
+    loaded = read_weights(tmp_path / "timm.pth")
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], weights[k]) for k in weights)
 
 
 def test_linear_probe_trains_only_the_head(runs, tmp_path):

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from mixmask.cli import main
 from mixmask.config import load_config
-from mixmask.engine.checkpoint import load_checkpoint
+from mixmask.engine import checkpoint as ckpt
+from mixmask.engine.checkpoint import latest_intact_checkpoint, load_checkpoint
 from mixmask.engine.optim import build_optimizer
 from mixmask.models.a2mim import A2MIM
 from mixmask.models.factory import build_pretrain_model
@@ -39,7 +40,7 @@ def token_steps(run: Path) -> tuple[dict[str, int], dict[str, int]]:
     cfg = load_config(run / "config.yaml")
     model, masker = build_pretrain_model(cfg)
     optimizer = build_optimizer(model, cfg.optim, cfg.optim.lr)
-    steps = load_checkpoint(run / "checkpoints" / "last", model, optimizer, restore_rng=False)["step"]
+    steps = load_checkpoint(latest_intact_checkpoint(run), model, optimizer, restore_rng=False)["step"]
     accum = cfg.train.accum_steps
     used = {key: 0 for key in model.mask_tokens}
     for step in range(steps):
@@ -66,7 +67,7 @@ def test_pretrain_cli_writes_a_complete_run_folder(tmp_path, capsys):
     for r in results["reconstruction"]:
         assert 5 < r["psnr_masked"] < 60
         assert (run / r["figure"]).is_file()
-    assert (run / "checkpoints" / "last" / "model.safetensors").is_file()
+    assert (latest_intact_checkpoint(run) / "model.safetensors").is_file()
     assert list((run / "tensorboard").iterdir())
     # mixed masking: a token moves (and its AdamW state advances) only in steps where its strategy was used
     used, taken = token_steps(run)
@@ -101,14 +102,43 @@ def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg, out=tmp_path / "resumed")
     monkeypatch.setattr(A2MIM, "forward", forward)
-    assert json.loads((tmp_path / "resumed/checkpoints/last/state.json").read_text())["step"] == 8
+    assert json.loads((latest_intact_checkpoint(tmp_path / "resumed") / "state.json").read_text())["step"] == 8
     torch.manual_seed(99)  # as if in a new process
     assert main(["pretrain", "--resume", str(tmp_path / "resumed")]) == 0
 
-    a = load_file(straight / "checkpoints/last/model.safetensors")
-    b = load_file(tmp_path / "resumed/checkpoints/last/model.safetensors")
+    a = load_file(latest_intact_checkpoint(straight) / "model.safetensors")
+    b = load_file(latest_intact_checkpoint(tmp_path / "resumed") / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_damaged_checkpoint_resumes_from_the_previous_one_and_none_intact_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [str(ROOT / "configs/pretrain/a2mim_tiny_shapesx.yaml"), *TINY, "train.epochs=1"]
+    assert main(["pretrain", *args, "--out", str(run)]) == 0  # 6 steps: checkpoints at steps 4 and 6
+    newest, previous = (run / "checkpoints" / name for name in ("step-00000006", "step-00000004"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [previous.name, newest.name]
+    finished = {k: v.clone() for k, v in load_file(newest / "model.safetensors").items()}  # not backed by the file
+    with (newest / "model.safetensors").open("r+b") as handle:  # a copy cut short
+        handle.truncate(1000)
+    capsys.readouterr()
+
+    assert main(["pretrain", "--resume", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert f"{newest / 'model.safetensors'} does not match its sha256" in captured.err
+    assert f"resuming from {previous}: epoch 0, step 4" in captured.out
+    assert json.loads((run / "results.json").read_text())["steps"] == 6
+    again = load_file(latest_intact_checkpoint(run) / "model.safetensors")
+    assert all(torch.equal(finished[k], again[k]) for k in finished)  # steps 5 and 6 replayed exactly
+
+    for folder in ckpt.checkpoint_folders(run):
+        with (folder / "model.safetensors").open("r+b") as handle:
+            handle.truncate(1000)
+    assert main(["pretrain", "--resume", str(run)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mixmask: error: no intact checkpoint in {run / 'checkpoints'}")
+    assert "Traceback" not in captured.err + captured.out
 
 
 def test_loss_falls_on_shapesx(tmp_path):

@@ -56,5 +56,5 @@ def test_a_new_run_folder_records_the_method_and_an_old_one_still_loads(tmp_path
     (old / "run.json").write_text(json.dumps({"task": "finetune", "mixmask": "0.1.0", "created": "2026-11-01"}))
     assert read_run_info(old).method is None
     (old / "run.json").write_text("{not json")
-    with pytest.raises(RecordError, match="cannot be read"):
+    with pytest.raises(RecordError, match="is damaged"):
         read_run_info(old)

@@ -10,6 +10,7 @@ import torch
 
 from mixmask.cli import main
 from mixmask.config import ConfigError
+from mixmask.engine.checkpoint import latest_intact_checkpoint
 from mixmask.models.classifier import Classifier
 from mixmask.store import ResultsStore
 from mixmask.tasks.sweep import load_sweep, run_sweep
@@ -111,7 +112,7 @@ def test_sweep_runs_records_and_restarts_after_a_killed_variant(tmp_path, monkey
         ("scratch", "finetune"): "pending",
         ("scratch", "evaluate"): "pending",
     }
-    pretrain_weights = (out / "runs/p4/pretrain/checkpoints/last/model.safetensors").stat().st_mtime_ns
+    pretrain_weights = (latest_intact_checkpoint(out / "runs/p4/pretrain") / "model.safetensors").stat().st_mtime_ns
     capsys.readouterr()
 
     torch.manual_seed(123)  # as if in a new process
@@ -119,7 +120,9 @@ def test_sweep_runs_records_and_restarts_after_a_killed_variant(tmp_path, monkey
     printed = capsys.readouterr().out
     assert "== p4: pretrain" not in printed  # finished work is not redone
     assert "resuming from" in printed and "epoch 0, step 2" in printed
-    assert (out / "runs/p4/pretrain/checkpoints/last/model.safetensors").stat().st_mtime_ns == pretrain_weights
+    assert (
+        latest_intact_checkpoint(out / "runs/p4/pretrain") / "model.safetensors"
+    ).stat().st_mtime_ns == pretrain_weights
     runs = {(r["variant"], r["stage"]): r for r in store.runs()}
     assert all(r["status"] == "done" for r in runs.values())
     assert runs[("p4", "pretrain")]["attempts"] == 1 and runs[("p4", "finetune")]["attempts"] == 2

@@ -169,6 +169,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if any(r["unreadable"] for r in report["splits"].values()) else 0
 
 
+def _safetensors_name(text: str) -> str:
+    if not text.endswith(".safetensors"):
+        raise argparse.ArgumentTypeError(f"export writes safetensors; give a name ending in .safetensors, not {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mixmask",
@@ -250,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write a run's network as a safetensors file that timm.create_model loads"
     )
     export.add_argument("run_dir", metavar="RUN_DIR")
-    export.add_argument("--out", required=True, help="FILE.safetensors")
+    export.add_argument("--out", required=True, type=_safetensors_name, help="FILE.safetensors")
     export.set_defaults(func=cmd_export)
 
     data = commands.add_parser("data", help="make, build and check data sets")
@@ -301,11 +307,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_line(error: OSError) -> str:
+    """An OSError as one line: our own messages as they are, the system's as `what: which file`."""
+    if error.strerror and error.filename:
+        other = f" -> {error.filename2}" if error.filename2 else ""
+        return f"{error.strerror}: {error.filename}{other}"
+    return str(error) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (a config, a file, a folder, the disk) ends in one ``mixmask: error:`` line and
+    exit status 2; anything else is a bug and keeps its traceback."""
     from mixmask.config import ConfigError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides after an option (`finetune CONFIG --out X a.b=1`) belong to the positional arguments
+        if not hasattr(args, "args") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.args = [*args.args, *extra]
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
@@ -314,12 +334,30 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"mixmask: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a missing or unwritable file or folder, a full disk: the message names it
+        print(f"mixmask: error: {_os_error_line(error)}", file=sys.stderr)
+        return 2
     except Exception as error:
         from mixmask.data.common import DataError
+        from mixmask.engine.checkpoint import CheckpointError
+        from mixmask.engine.run_dir import RunDirError
         from mixmask.engine.trainer import TrainingDiverged
         from mixmask.evaluation.imagenet_x import PredictionError
+        from mixmask.models.classifier import WeightsError
+        from mixmask.results import RecordError
+        from mixmask.store import StoreError
 
-        if not isinstance(error, (DataError, TrainingDiverged, PredictionError, FileExistsError, FileNotFoundError)):
+        bad_input = (
+            DataError,
+            TrainingDiverged,
+            PredictionError,
+            CheckpointError,
+            RunDirError,
+            WeightsError,
+            StoreError,
+            RecordError,
+        )
+        if not isinstance(error, bad_input):
             raise
         print(f"mixmask: error: {error}", file=sys.stderr)
         return 2

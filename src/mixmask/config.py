@@ -300,13 +300,14 @@ class TrainConfig:
     channels_last: Literal["auto"] | bool = "auto"
     compile: bool = False
     checkpoint_every_steps: int = 0  # 0: a checkpoint at the end of every epoch only
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept: a damaged newest one falls back to the one before
     log_every_steps: int = 10
     reconstruction_every_epochs: int = 5
     out_dir: str = "runs"
     name: str = ""  # run folder name; empty: derived from the config and the time
 
     def check(self, where: str) -> None:
-        for name in ("epochs", "batch_size", "accum_steps", "log_every_steps"):
+        for name in ("epochs", "batch_size", "accum_steps", "log_every_steps", "keep_checkpoints"):
             value = getattr(self, name)
             _require(value >= 1, f"{where}.{name}", value, "an integer >= 1")
         for name in ("checkpoint_every_steps", "reconstruction_every_epochs"):
@@ -321,7 +322,7 @@ class FinetuneConfig:
     """Supervised training of a classifier on the backbone: full finetuning, a linear probe or a kNN classifier.
 
     ``init`` is where the backbone's weights come from: empty for random initialisation, a pretraining run folder
-    (its last checkpoint), or a weights file (``mixmask export`` output, timm or torchvision ResNet weights as
+    (its newest intact checkpoint), or a weights file (``mixmask export`` output, timm or torchvision ResNet weights as
     ``.safetensors`` or ``.pth``). The classifier head always starts fresh.
     """
 
@@ -527,17 +528,40 @@ def merge_dicts(base: dict, update: dict) -> dict:
     return merged
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what a YAML parse error is, in one line."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(error).split())
+
+
+def parse_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """The YAML document in ``path``; a missing, unreadable or malformed file (or a folder) raises a one-line
+    ``ConfigError`` saying which ``what`` and why."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; expected a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a text file (not UTF-8); expected YAML") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(error)}") from None
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     """Read a config file, following ``base: other.yaml`` (relative to the file) into one merged dict."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.resolve() in _seen:
+    if path.is_file() and path.resolve() in _seen:
         raise ConfigError(f"config file {path} includes itself through `base:`")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    data = parse_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)

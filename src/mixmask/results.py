@@ -15,7 +15,7 @@ fields with one line (``RecordError``) instead of guessing.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,12 @@ def _build(cls, data: Any, where: str):
     unknown = sorted(set(data) - names)
     if unknown:
         raise RecordError(f"{where}: unknown {cls.__name__} field(s) {', '.join(unknown)}")
-    try:
-        return cls(**data)
-    except TypeError as error:  # a missing required field
-        raise RecordError(f"{where}: {cls.__name__}: {error}") from None
+    missing = [
+        f.name for f in fields(cls) if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise RecordError(f"{where}: {cls.__name__} field(s) missing: {', '.join(missing)}")
+    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -139,10 +141,9 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a mixmask run folder (no run.json)")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise RecordError(f"{path} cannot be read: {error}") from None
-    return RunInfo.from_json(data, str(path))
+        return RunInfo.from_json(json.loads(path.read_text()), str(path))
+    except (ValueError, OSError):  # not JSON, or not a run's record
+        raise RecordError(f'{path} is damaged: expected JSON with the run\'s task, as {{"task": "pretrain"}}') from None
 
 
 @dataclass

@@ -39,19 +39,26 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+class StoreError(ValueError):
+    """A results store that cannot be used: not a SQLite file, or recorded with other settings."""
+
+
 class ResultsStore:
     """``ResultsStore(sweep_dir / "results.sqlite")``; every method commits (or rolls back) before it returns."""
 
     def __init__(self, path: str | Path, timeout: float = 60.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.connection = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-        self.connection.row_factory = sqlite3.Row
-        self.connection.execute("PRAGMA foreign_keys = ON")
-        with self.transaction():
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self.connection.execute(statement)
+        try:
+            self.connection = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self.connection.row_factory = sqlite3.Row
+            self.connection.execute("PRAGMA foreign_keys = ON")
+            with self.transaction():
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.connection.execute(statement)
+        except sqlite3.DatabaseError as error:  # another file in its place, a damaged one, no permission
+            raise StoreError(f"{self.path} is not a usable mixmask results store ({error})") from None
 
     def transaction(self):
         return _Transaction(self.connection)
@@ -76,7 +83,7 @@ class ResultsStore:
             row = self.connection.execute("SELECT spec FROM variants WHERE name = ?", (name,)).fetchone()
             text = json.dumps(spec, sort_keys=True)
             if row is not None and row["spec"] != text:
-                raise ValueError(
+                raise StoreError(
                     f"variant {name!r} in {self.path} was recorded with other settings; use a new sweep folder "
                     "or a new variant name (recorded: " + row["spec"] + ")"
                 )

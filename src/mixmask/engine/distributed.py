@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mixmask.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -25,7 +27,7 @@ def setup(device: str = "auto") -> Dist:
     """Join the process group when started by torchrun (WORLD_SIZE > 1) and pick this process's device."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+        raise ConfigError("config field `train.device`: got 'cuda' but no CUDA device is visible; use auto or cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -7,10 +7,17 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mixmask.config import Config, load_config, save_config
 from mixmask.results import Method, RunInfo, read_run_info
+
+if TYPE_CHECKING:
+    from mixmask.engine.distributed import Dist
+
+
+class RunDirError(ValueError):
+    """A run folder that cannot be made, or is not the run it should be."""
 
 
 def new_run_dir(cfg: Config, kind: str, out: str | Path | None = None, method: Method | None = None) -> Path:
@@ -24,11 +31,46 @@ def new_run_dir(cfg: Config, kind: str, out: str | Path | None = None, method: M
         raise FileExistsError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(
+            f"cannot create the run folder {run_dir}: {error.strerror or error}; pick another --out or train.out_dir"
+        ) from None
     from mixmask import __version__
 
     info = RunInfo(kind, __version__, time.strftime("%Y-%m-%d %H:%M:%S"), cfg.train.seed, method)
     write_json(run_dir / "run.json", info.to_json())
+    return run_dir
+
+
+def open_run_dir(
+    cfg: Config,
+    kind: str,
+    dist: Dist,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    method: Method | None = None,
+) -> Path:
+    """The run folder of a training task: ``resume`` (checked to be a ``kind`` run), or a new one that rank 0
+    makes (recording ``method``, what is trained) and every rank learns. Rank 0 saves the resolved config there and
+    prints where the run goes."""
+    from mixmask.engine import distributed
+
+    if resume is not None:
+        run_dir = Path(resume)
+        task = run_task(run_dir) if (run_dir / "run.json").is_file() else kind  # older runs have no run.json
+        if task != kind:
+            raise RunDirError(
+                f"--resume {run_dir}: that folder is a {task} run, not a {kind} run; continue it with "
+                f"`mixmask {task} --resume {run_dir}`"
+            )
+    else:
+        made = str(new_run_dir(cfg, kind, out, method)) if dist.main else ""
+        run_dir = Path(distributed.broadcast_text(made, dist))
+    if dist.main:
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"run folder: {run_dir}")
     return run_dir
 
 
@@ -55,4 +97,4 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["new_run_dir", "resume_config", "run_task", "save_config", "write_json"]
+__all__ = ["RunDirError", "new_run_dir", "open_run_dir", "resume_config", "run_task", "save_config", "write_json"]

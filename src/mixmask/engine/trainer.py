@@ -22,9 +22,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from mixmask.config import Config
+from mixmask.config import Config, ConfigError
 from mixmask.data import Batch, collate, resolve_num_workers
-from mixmask.engine.checkpoint import load_checkpoint, save_checkpoint
+from mixmask.engine.checkpoint import (
+    checkpoints_dir,
+    has_checkpoint,
+    latest_intact_checkpoint,
+    load_checkpoint,
+    set_aside_newer,
+    write_checkpoint,
+)
 from mixmask.engine.distributed import Dist, all_sum
 from mixmask.engine.optim import base_lr, build_optimizer, lr_at, set_lr
 
@@ -89,9 +96,9 @@ def make_loader(dataset: Dataset, cfg: Config, dist: Dist) -> tuple[DataLoader, 
     train = cfg.train
     sampler = EpochSampler(len(dataset), train.batch_size, train.seed, dist.rank, dist.world, train.accum_steps)
     if sampler.batches_per_epoch() == 0:
-        raise ValueError(
-            f"{len(dataset)} images cannot fill {train.accum_steps} batch(es) of train.batch_size={train.batch_size} "
-            f"on each of {dist.world} process(es); use a smaller batch"
+        raise ConfigError(
+            f"config field `train.batch_size`: got {train.batch_size}, but {len(dataset)} images cannot fill "
+            f"{train.accum_steps} batch(es) of it on each of {dist.world} process(es); use a smaller batch"
         )
     loader = DataLoader(
         SeededAugmentation(dataset, cfg.train.seed),
@@ -143,12 +150,14 @@ def fit(
     layer_decay: float = 1.0,
     max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``dataset`` with the loss from ``step_fn``; resume from ``run_dir/checkpoints/last`` when
-    it exists. The model's declarations shape the optimizer (``no_weight_decay``, ``lr_scales``, ``group_matcher``
-    with ``layer_decay`` < 1) and its steps: parameters the model reports as ``idle_parameters()`` in every
-    micro-step of an optimisation step keep their values and optimizer state. ``max_steps`` stops early, without a
-    checkpoint (the dry-run plan times real steps that way). Returns a summary (steps, final loss terms, unreadable
-    images, wall seconds of the whole call and the median seconds per optimisation step, loading included)."""
+    """Train ``model`` on ``dataset`` with the loss from ``step_fn``; resume from the newest intact checkpoint of
+    ``run_dir`` when it has one (damaged newer ones are set aside with a warning), keep the newest
+    ``train.keep_checkpoints``. The model's declarations shape the optimizer (``no_weight_decay``, ``lr_scales``,
+    ``group_matcher`` with ``layer_decay`` < 1) and its steps: parameters the model reports as ``idle_parameters()``
+    in every micro-step of an optimisation step keep their values and optimizer state. ``max_steps`` stops early,
+    without a checkpoint (the dry-run plan times real steps that way). Returns a summary (steps, final loss terms,
+    unreadable images, wall seconds of the whole call and the median seconds per optimisation step, loading
+    included)."""
     started = time.perf_counter()
     train = cfg.train
     device = dist.device
@@ -171,14 +180,17 @@ def fit(
     lr = base_lr(cfg.optim, train.batch_size * dist.world * train.accum_steps)
     optimizer = build_optimizer(inner, cfg.optim, lr, fused=cuda, layer_decay=layer_decay)
 
-    checkpoint = run_dir / "checkpoints" / "last"
+    checkpoints = checkpoints_dir(run_dir)
     step, epoch, position = 0, 0, 0
     unreadable: list[dict[str, str]] = []
-    if checkpoint.exists():
+    if has_checkpoint(run_dir):
+        checkpoint = latest_intact_checkpoint(run_dir, warn=dist.main)
         state = load_checkpoint(checkpoint, inner, optimizer)
         step, epoch, position = state["step"], state["epoch"], state["position"]
         unreadable = state.get("unreadable", [])
         if dist.main:
+            for moved in set_aside_newer(run_dir, checkpoint):
+                print(f"mixmask: warning: set the damaged checkpoint aside as {moved}", file=sys.stderr)
             print(f"resuming from {checkpoint}: epoch {epoch}, step {step}")
 
     log = MetricsLog(run_dir, dist.main)
@@ -186,7 +198,7 @@ def fit(
     def save() -> None:
         if dist.main:
             state = {"step": step, "epoch": epoch, "position": position, "unreadable": unreadable}
-            save_checkpoint(checkpoint, inner, optimizer, state)
+            write_checkpoint(run_dir, inner, optimizer, state, keep=train.keep_checkpoints)
 
     sums: dict[str, torch.Tensor] = {}
     summed = 0
@@ -249,7 +261,7 @@ def fit(
                     if nonfinite.item():
                         raise TrainingDiverged(
                             f"loss is NaN or Inf at step {step} (epoch {epoch}); stopped. The last good checkpoint "
-                            f"is kept in {checkpoint}; try a lower optim.lr or optim.clip_grad"
+                            f"is kept in {checkpoints}; try a lower optim.lr or optim.clip_grad"
                         )
                 if at_log:
                     elapsed = time.perf_counter() - timer
@@ -276,7 +288,7 @@ def fit(
             epoch, position = epoch + 1, 0
             if nonfinite.item():
                 raise TrainingDiverged(
-                    f"loss is NaN or Inf in epoch {epoch - 1}; the last good checkpoint is kept in {checkpoint}"
+                    f"loss is NaN or Inf in epoch {epoch - 1}; the last good checkpoint is kept in {checkpoints}"
                 )
             save()
             if on_epoch_end is not None:

@@ -7,14 +7,21 @@ is that state dict as it is.
 
 from __future__ import annotations
 
+import argparse
+import pickle
+import zipfile
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
 from mixmask._compat import timm
 from mixmask.config import ConfigError
+from mixmask.engine.checkpoint import MODEL_FILE, has_checkpoint, latest_intact_checkpoint
 from mixmask.models.backbone import build_backbone, create_timm_model
 
 
@@ -78,21 +85,85 @@ class Classifier(nn.Module):
         return {f"backbone.model.{name}" for name in names}
 
 
+WEIGHTS_ACCEPTED = (
+    "a .safetensors file, a weights-only .pth/.pt state dict (tensors only), a mixmask run folder or a "
+    "`mixmask export` file"
+)
+
+
+class WeightsError(ValueError):
+    """A weights file or folder that cannot be read; the message names it and what is accepted."""
+
+
+_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, SafetensorError, zipfile.BadZipFile)
+
+
+def _why_unreadable(path: Path, error: BaseException) -> str:
+    """A short reason a weights file did not load: pickled objects (named), or a damaged or foreign file (torch's
+    own message is many lines of advice to unpickle, which is exactly what must not happen here)."""
+    if not isinstance(error, SafetensorError):
+        find_unsafe = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+        try:
+            unsafe = find_unsafe(path) if find_unsafe else []
+        except _LOAD_ERRORS:
+            unsafe = []
+        if unsafe:
+            return f"it holds pickled Python objects ({', '.join(unsafe[:3])}), which are never loaded"
+    if isinstance(error, SafetensorError):
+        return f"not a whole safetensors file ({error})"
+    return "not a readable PyTorch weights file (damaged, cut short, or another format)"
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors or a ``.pth`` file, unwrapped as timm does; ``torch.load`` runs with
+    ``weights_only=True`` (plus argparse.Namespace, as timm allows for its training checkpoints), so a file that
+    needs anything more is refused, never run."""
+    try:
+        if path.suffix == ".safetensors":
+            checkpoint: Any = load_file(path)
+        else:
+            allowed = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+            with allowed([argparse.Namespace]) if allowed else nullcontext():
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except _LOAD_ERRORS as error:
+        raise WeightsError(
+            f"cannot read weights from {path}: {_why_unreadable(path, error)}; expected {WEIGHTS_ACCEPTED}"
+        ) from None
+    except OSError as error:
+        raise WeightsError(f"cannot read weights from {path}: {error.strerror or error}") from None
+    if isinstance(checkpoint, dict):  # timm's order: EMA weights first, then a training checkpoint's model
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if checkpoint.get(key) is not None:
+                checkpoint = checkpoint[key]
+                break
+    if not (
+        isinstance(checkpoint, dict)
+        and checkpoint
+        and all(isinstance(k, str) and torch.is_tensor(v) for k, v in checkpoint.items())
+    ):
+        raise WeightsError(
+            f"cannot read weights from {path}: it holds a {type(checkpoint).__name__}, not a state dict of named "
+            f"tensors; expected {WEIGHTS_ACCEPTED}"
+        )
+    return timm.models.clean_state_dict(checkpoint)  # strips DDP / torch.compile prefixes
+
+
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Backbone weights with timm names from a pretraining or finetuning run folder (its last checkpoint), a
-    ``mixmask export`` file, or a timm / torchvision checkpoint (``.safetensors``, or ``.pth`` read with
-    ``weights_only``: nothing is unpickled)."""
+    """Backbone weights with timm names from a pretraining or finetuning run folder (its newest intact
+    checkpoint), a ``mixmask export`` file, or a timm / torchvision checkpoint (``.safetensors``, or ``.pth`` read
+    with ``weights_only``: nothing is unpickled). Anything else raises :class:`WeightsError` in one line."""
     path = Path(path)
     if path.is_dir():
-        weights_file = path / "checkpoints" / "last" / "model.safetensors"
-        if not weights_file.is_file():
-            raise FileNotFoundError(f"{path} has no checkpoint (looked for {weights_file})")
-        state = load_file(weights_file)
+        if not has_checkpoint(path):
+            raise WeightsError(
+                f"{path} is a folder without checkpoints, not a mixmask run; expected {WEIGHTS_ACCEPTED}"
+            )
+        state = load_file(latest_intact_checkpoint(path, weights_only=True) / MODEL_FILE)
         prefix = "backbone.model."  # A2MIM and Classifier both keep the timm model there
         return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     if not path.is_file():
         raise FileNotFoundError(f"weights not found: {path}")
-    return timm.models.load_state_dict(str(path))  # safetensors or weights-only torch.load; unwraps and strips module.
+    return _read_weights_file(path)
 
 
 def classes_in(weights: dict[str, torch.Tensor], backbone: str) -> int:
@@ -104,7 +175,10 @@ def classes_in(weights: dict[str, torch.Tensor], backbone: str) -> int:
 def load_backbone_weights(classifier: Classifier, path: str | Path) -> dict[str, int]:
     """Load everything but the head from ``path``; the head keeps its fresh initialisation. Fails, naming keys,
     when the weights do not fit the backbone (another architecture, a missing stage, other shapes)."""
-    weights = read_weights(path)
+    try:
+        weights = read_weights(path)
+    except WeightsError as error:
+        raise WeightsError(f"config field `finetune.init`: {error}") from None
     own = {k: v for k, v in classifier.timm_model.state_dict().items() if not classifier.is_head(k)}
     given = {k: v for k, v in weights.items() if not classifier.is_head(k)}
     missing = sorted(set(own) - set(given))

@@ -21,7 +21,7 @@ from mixmask.config import Config, ConfigError, apply_override, load_config, rea
 from mixmask.data import build_dataset, eval_loader
 from mixmask.data.transforms import eval_transform
 from mixmask.engine import distributed
-from mixmask.engine.checkpoint import load_checkpoint
+from mixmask.engine.checkpoint import latest_intact_checkpoint, load_checkpoint
 from mixmask.engine.run_dir import resume_config, run_task, write_json
 from mixmask.evaluation import imagenet_x
 from mixmask.evaluation.cka import occlusion_invariance
@@ -55,7 +55,7 @@ def evaluation_config(run: str | Path | None, path: str | Path | None, overrides
 
 
 def load_classifier(cfg: Config, run_dir: Path, device: torch.device) -> Classifier:
-    """The finetuned classifier of ``run_dir`` (its last checkpoint), in eval mode on ``device``."""
+    """The finetuned classifier of ``run_dir`` (its newest intact checkpoint), in eval mode on ``device``."""
     if cfg.finetune.probe == "knn":
         raise ConfigError(
             f"config field `eval.run`: {run_dir} is a kNN run; it has no trained classifier to evaluate "
@@ -111,7 +111,7 @@ def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.devi
     model, masker = build_pretrain_model(cfg)
     if model.two_views:  # a contrastive method: nothing to reconstruct
         return []
-    load_checkpoint(pretrain_run / "checkpoints" / "last", model, restore_rng=False)
+    load_checkpoint(latest_intact_checkpoint(pretrain_run, weights_only=True), model, restore_rng=False)
     model.to(device).eval()
     images = reconstruction_images(cfg).to(device)
     results = []

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mixmask.config import Config, save_config
+from mixmask.config import Config
 from mixmask.data import build_dataset, eval_loader
 from mixmask.data.transforms import eval_transform, finetune_transform
 from mixmask.engine import distributed
-from mixmask.engine.run_dir import new_run_dir, write_json
+from mixmask.engine.run_dir import open_run_dir, write_json
 from mixmask.engine.trainer import StepFn, fit
 from mixmask.evaluation.classification import collect, knn_predict, topk_accuracy
 from mixmask.models.classifier import Classifier, load_backbone_weights
@@ -117,14 +117,7 @@ def finetune(cfg: Config, out: str | Path | None = None, resume: str | Path | No
     ft = cfg.finetune
     train_set = training_set(cfg)
     classifier, init = build_classifier(cfg, len(train_set.classes))  # bad weights fail before a run folder exists
-    if resume is not None:
-        run_dir = Path(resume)
-    else:
-        made = str(new_run_dir(cfg, "finetune", out, trained_method(cfg))) if dist.main else ""
-        run_dir = Path(distributed.broadcast_text(made, dist))
-    if dist.main:
-        save_config(cfg, run_dir / "config.yaml")
-        print(f"run folder: {run_dir}")
+    run_dir = open_run_dir(cfg, "finetune", dist, out, resume, trained_method(cfg))
 
     results: dict[str, Any] = {"task": "finetune", "probe": ft.probe, "init": init, "classes": list(train_set.classes)}
     try:

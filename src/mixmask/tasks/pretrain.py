@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mixmask.config import Config, save_config
+from mixmask.config import Config
 from mixmask.data import build_dataset
 from mixmask.data.transforms import eval_transform, pretrain_transform, two_view_transform
 from mixmask.engine import distributed
 from mixmask.engine.distributed import Dist
-from mixmask.engine.run_dir import new_run_dir, write_json
+from mixmask.engine.run_dir import open_run_dir, write_json
 from mixmask.engine.trainer import EpochSampler, StepFn, fit
 from mixmask.evaluation.reconstruction import reconstruct, save_reconstruction_figure
 from mixmask.masking import MixedMasker
@@ -69,15 +69,8 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | No
     torch.manual_seed(cfg.train.seed)  # the same config gives the same initial weights (and, on the CPU, final ones)
     model, masker = build_pretrain_model(cfg)  # before any data is read: a bad pairing fails at once
     dataset = training_set(cfg, model.two_views)
-    if resume is not None:
-        run_dir = Path(resume)
-    else:
-        method = describe(cfg, model, masker)  # the resolved masking and the method, recorded before training
-        made = str(new_run_dir(cfg, "pretrain", out, method)) if dist.main else ""
-        run_dir = Path(distributed.broadcast_text(made, dist))
-    if dist.main:
-        save_config(cfg, run_dir / "config.yaml")
-        print(f"run folder: {run_dir}")
+    method = describe(cfg, model, masker)  # the resolved masking and the method, recorded before training
+    run_dir = open_run_dir(cfg, "pretrain", dist, out, resume, method)
     data = cfg.data
     shown = reconstruction_images(cfg).to(dist.device) if dist.main and not model.two_views else None
     step_fn = step_function(cfg, model, masker, dist, len(dataset))

@@ -37,7 +37,17 @@ import torch
 import yaml
 
 from mixmask import __version__
-from mixmask.config import Config, ConfigError, load_config, merge_dicts, read_yaml, save_config, to_dict
+from mixmask.config import (
+    Config,
+    ConfigError,
+    load_config,
+    merge_dicts,
+    parse_yaml_file,
+    read_yaml,
+    save_config,
+    to_dict,
+)
+from mixmask.engine.checkpoint import has_checkpoint
 from mixmask.store import ResultsStore
 
 STAGES = ("pretrain", "finetune", "evaluate")
@@ -100,11 +110,9 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
     from mixmask.models.factory import build_pretrain_model
 
     folder = Path(path).parent if path else Path.cwd()
-    text = Path(path).read_text() if path else yaml.safe_dump(data, sort_keys=False)
     if data is None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"sweep file not found: {path}")
-        data = yaml.safe_load(text)
+        data = parse_yaml_file(path, "sweep file")  # one clear line for a missing, unreadable or broken file
+    text = Path(path).read_text() if path else yaml.safe_dump(data, sort_keys=False)
     if not isinstance(data, dict):
         raise _error("file", "must hold a mapping with `variants`")
     for key in data:
@@ -230,7 +238,7 @@ def locked(path: Path) -> Iterator[None]:
 
 def _fresh_or_resume(run_dir: Path) -> bool:
     """True when ``run_dir`` holds a checkpoint to resume; a folder left without one is cleared for a new start."""
-    if (run_dir / "checkpoints" / "last" / "state.json").is_file():
+    if has_checkpoint(run_dir):  # resumed from its newest intact checkpoint, or failing clearly when none is
         return True
     if run_dir.exists():
         shutil.rmtree(run_dir)
