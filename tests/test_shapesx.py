@@ -27,7 +27,7 @@ from mixmask.data.shapesx import (
 )
 from mixmask.data.shapesx.shapes import SKIN
 from mixmask.data.shapesx.textures import second_tone
-from mixmask.evaluation.imagenet_x import FACTORS
+from mixmask.factors import FACTORS
 
 SIZE = 64
 PER_FACTOR = 20  # test images checked per factor (top factor), over all classes

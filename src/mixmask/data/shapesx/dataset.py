@@ -16,7 +16,7 @@ from mixmask.data.shapesx.sampling import (
 )
 from mixmask.data.shapesx.scenes import Scene, draw, draw_image
 from mixmask.data.shapesx.shapes import CLASSES
-from mixmask.evaluation.imagenet_x import FACTORS
+from mixmask.factors import FACTORS
 
 SPLITS = ("train", "test", "cue_conflict")  # the exported splits
 # ShapesX also has a "val" split: held-out images of the train distribution (own random stream), for model selection.

@@ -11,7 +11,7 @@ from PIL import Image
 from mixmask.data.shapesx.dataset import SPLITS, ShapesX
 from mixmask.data.shapesx.sampling import CYCLE
 from mixmask.data.shapesx.shapes import CLASSES
-from mixmask.evaluation.imagenet_x import FACTORS
+from mixmask.factors import FACTORS
 
 
 def export_shapesx(

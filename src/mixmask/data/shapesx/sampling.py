@@ -31,7 +31,7 @@ from mixmask.data.shapesx.shapes import (
     SKIN,
 )
 from mixmask.data.shapesx.textures import COLOURS, PATTERNS, TEXTURES, luminance, pick, random_colour, uniform
-from mixmask.evaluation.imagenet_x import FACTORS
+from mixmask.factors import FACTORS
 
 # Geometry. ``scale`` is the radius of the object's unit shape (every shape fits the unit disc) as a fraction of
 # the image side; the test factors sit clearly outside the train ranges.
