@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from mixmask.engine.run_dir import resume_config, run_task, write_json
 from mixmask.evaluation import imagenet_x
 from mixmask.evaluation.cka import occlusion_invariance
 from mixmask.evaluation.classification import Outputs, collect, topk_accuracy
-from mixmask.evaluation.occlusion import occlusion_accuracy, patch_size_for
+from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_accuracy
 from mixmask.evaluation.reconstruction import reconstruct, save_reconstruction_figure
 from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
 from mixmask.models.classifier import Classifier, classes_in, read_weights
@@ -164,31 +165,18 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
                 print(factors.table())
             save()
 
-        patch = patch_size_for(data.image_size, ev.occlusion_patch)
-        occlusion = {
-            "patch_size": patch,
-            "fill": ev.occlusion_fill,
-            "mean": data.mean,
-            "std": data.std,
-            "seed": ev.seed,
-        }
+        if ev.occlusion or ev.cka:  # built only when used: it insists on at least one ratio
+            occlusion = OcclusionSettings.from_config(cfg)
         if ev.occlusion:
-            results["occlusion"] = occlusion_accuracy(
-                classifier, val_loader, ev.occlusion_ratios, device=device, **occlusion
-            )
+            results["occlusion"] = occlusion_accuracy(classifier, val_loader, occlusion, device=device)
             plots.occlusion_curve(results["occlusion"], out_dir / "occlusion.png")
             save()
 
         if ev.cka:
-            ratios = [r for r in ev.occlusion_ratios if r > 0]
+            occluded_only = replace(occlusion, ratios=tuple(r for r in occlusion.ratios if r > 0))
             cka_loader = eval_loader(val_set, data, ev.batch_size, min(ev.cka_images, len(val_set)))
             results["cka"] = occlusion_invariance(
-                classifier.backbone.forward_stages,
-                cka_loader,
-                ratios,
-                debiased=ev.cka_debiased,
-                device=device,
-                **occlusion,
+                classifier.backbone.forward_stages, cka_loader, occluded_only, debiased=ev.cka_debiased, device=device
             )
             plots.cka_curves(results["cka"], out_dir / "cka.png")
             save()
