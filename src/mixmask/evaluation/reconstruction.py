@@ -11,14 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from mixmask.data.transforms import denormalize  # noqa: E402
 from mixmask.masking import MixedMasker  # noqa: E402
-
-
-def to_pixels(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """Normalised (B, 3, H, W) back to [0, 1] pixels."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images.float() * std_t + mean_t).clamp(0, 1)
 
 
 def masked_psnr(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
@@ -47,8 +41,8 @@ def reconstruct(
         generator = torch.Generator(device=device).manual_seed(seed * 7919 + index)
         choice = torch.full((len(images),), index, dtype=torch.long)
         masks = masker.masks_for(choice, images.shape[-1], generator=generator)
-        prediction = to_pixels(model(images, masks)["prediction"], mean, std)
-        original = to_pixels(images, mean, std)
+        prediction = denormalize(model(images, masks)["prediction"], mean, std)
+        original = denormalize(images, mean, std)
         m = masks.pixels[:, None]
         masked_input = torch.where(m, torch.full_like(original, 0.5), original)  # grey where masked
         pasted = torch.where(m, prediction, original)

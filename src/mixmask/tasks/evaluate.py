@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from mixmask.config import Config, ConfigError, apply_override, load_config, read_yaml, to_dict
 from mixmask.data import build_dataset, eval_loader
-from mixmask.data.transforms import eval_transform
+from mixmask.data.transforms import eval_transform_for
 from mixmask.engine import distributed
 from mixmask.engine.checkpoint import load_checkpoint
 from mixmask.engine.run_dir import resume_config, run_task, write_json
@@ -91,7 +91,7 @@ def factor_results(
         "min_count": ev.min_factor_images,
     }
     if data.dataset == "shapesx":
-        transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
+        transform = eval_transform_for(data)
         test = build_dataset(data, "test", transform)
         outputs = collect(classifier, eval_loader(test, data, ev.batch_size), device, "ShapesX test")
         predictions = write_predictions(out_dir / "test_predictions.csv", test, outputs)
@@ -142,7 +142,7 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
 
     if task == "finetune":
         classifier = load_classifier(cfg, run_dir, device)
-        transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
+        transform = eval_transform_for(data)
         val_set = build_dataset(data, "val", transform)
         val_loader = eval_loader(val_set, data, ev.batch_size, ev.max_images)
         val_outputs = collect(classifier, val_loader, device, "val")

@@ -10,7 +10,7 @@ import torch
 
 from mixmask.config import Config, ConfigError, save_config
 from mixmask.data import build_dataset
-from mixmask.data.transforms import eval_transform, pretrain_transform, two_view_transform
+from mixmask.data.transforms import eval_transform_for, train_transform, two_view_transform
 from mixmask.engine import distributed
 from mixmask.engine.run_dir import new_run_dir, write_json
 from mixmask.engine.trainer import EpochSampler, fit
@@ -64,7 +64,7 @@ def build_pretrain_model(cfg: Config) -> tuple[torch.nn.Module, MixedMasker | No
 def reconstruction_images(cfg: Config, count: int = 8) -> torch.Tensor:
     """A fixed set of validation images (the same for every run of a data set) for figures and PSNR."""
     data = cfg.data
-    dataset = build_dataset(data, "val", eval_transform(data.image_size, data.crop_pct, data.mean, data.std))
+    dataset = build_dataset(data, "val", eval_transform_for(data))
     step = max(1, len(dataset) // count)
     # spread over the set, and off any period of the class order (class folders are sorted, ShapesX cycles)
     return torch.stack([dataset[(i * step + i) % len(dataset)][0] for i in range(min(count, len(dataset)))])
@@ -76,7 +76,7 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | No
     torch.manual_seed(cfg.train.seed)  # the same config gives the same initial weights (and, on the CPU, final ones)
     model, masker = build_pretrain_model(cfg)  # before any data is read: a bad pairing fails at once
     data = cfg.data
-    make_transform = two_view_transform if masker is None else pretrain_transform
+    make_transform = two_view_transform if masker is None else train_transform
     dataset = build_dataset(
         data,
         "train",
