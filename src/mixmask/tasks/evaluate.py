@@ -27,10 +27,11 @@ from mixmask.evaluation import imagenet_x
 from mixmask.evaluation.cka import occlusion_invariance
 from mixmask.evaluation.classification import Outputs, collect, topk_accuracy
 from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_accuracy
-from mixmask.evaluation.reconstruction import reconstruct, save_reconstruction_figure
+from mixmask.evaluation.reconstruction import reconstruct
 from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
 from mixmask.models.classifier import Classifier, classes_in, read_weights
 from mixmask.report import plots
+from mixmask.report.figures import reconstruction_figure
 
 WNID = re.compile(r"^n\d{8}$")
 
@@ -116,7 +117,7 @@ def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.devi
     results = []
     for result in reconstruct(model, masker, images, cfg.data.mean, cfg.data.std, seed=cfg.train.seed):
         stem = f"reconstructions/p{result['patch_size']}_r{result['ratio']}_s{result['stage']}"
-        save_reconstruction_figure(result, out_dir / f"{stem}.png")
+        reconstruction_figure(result, out_dir / f"{stem}.png")
         # the image rows as uint8 (B, 3, H, W) tensors, so a report can lay out several runs side by side
         # (contiguous: a ViT's decoder output is a channels-last view, which safetensors refuses)
         rows = {name: (row * 255).round().to(torch.uint8).cpu().contiguous() for name, row in result["rows"].items()}

@@ -14,12 +14,13 @@ from mixmask.data.transforms import eval_transform_for, train_transform, two_vie
 from mixmask.engine import distributed
 from mixmask.engine.run_dir import new_run_dir, write_json
 from mixmask.engine.trainer import EpochSampler, fit
-from mixmask.evaluation.reconstruction import reconstruct, save_reconstruction_figure
+from mixmask.evaluation.reconstruction import reconstruct
 from mixmask.masking import MixedMasker
 from mixmask.models.a2mim import A2MIM
 from mixmask.models.backbone import ViTBackbone, build_backbone
 from mixmask.models.mae import MAE
 from mixmask.models.mocov3 import MoCoV3, momentum_at
+from mixmask.report.figures import reconstruction_figure
 
 
 def build_pretrain_model(cfg: Config) -> tuple[torch.nn.Module, MixedMasker | None]:
@@ -114,7 +115,7 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | No
         recon.clear()
         for result in reconstruct(inner, masker, shown, data.mean, data.std, seed=cfg.train.seed):
             name = f"epoch{epoch:03d}_p{result['patch_size']}_r{result['ratio']}_s{result['stage']}.png"
-            save_reconstruction_figure(result, run_dir / "reconstructions" / name)
+            reconstruction_figure(result, run_dir / "reconstructions" / name)
             recon.append({k: v for k, v in result.items() if k != "rows"} | {"figure": f"reconstructions/{name}"})
 
     try:
