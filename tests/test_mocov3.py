@@ -146,6 +146,7 @@ def test_loss_is_computed_in_fp32_under_bf16_autocast():
     torch.testing.assert_close(loss, reference_loss(q.float(), q.float(), k.float(), k.float(), 1.0) / 2)
 
 
+@pytest.mark.slow
 def test_loss_falls_on_shapesx():
     """A dozen AdamW steps on fixed views of 16 ShapesX images: the queries learn to find their keys."""
     torch.manual_seed(0)
@@ -177,6 +178,7 @@ def _gather_worker(rank: int, world: int, init_file: str, queue) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_keys_are_gathered_from_every_process(tmp_path):
     """Two gloo processes with 4 and 6 images: each sees all 10 keys and its own positives at its offset."""
     context = torch.multiprocessing.get_context("spawn")

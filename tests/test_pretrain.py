@@ -59,6 +59,7 @@ def test_bad_pairing_fails_before_any_compute(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeypatch):
     cfg = load_config(None, TINY)
     straight = pretrain(cfg, out=tmp_path / "straight")
@@ -86,6 +87,7 @@ def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeyp
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_loss_falls_on_shapesx(tmp_path):
     overrides = [
         "data.image_size=32",
@@ -105,6 +107,7 @@ def test_loss_falls_on_shapesx(tmp_path):
     assert losses[-1] < 0.6 * losses[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
     reason="torchrun not installed",

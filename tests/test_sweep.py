@@ -175,6 +175,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert "total" in text and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
     import yaml
 
@@ -192,7 +193,7 @@ def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
 @pytest.mark.parametrize(
     "path, variants",
     [
-        (ROOT / "configs/study/mix_and_mask_in100.yaml", 10),
+        pytest.param(ROOT / "configs/study/mix_and_mask_in100.yaml", 10, marks=pytest.mark.slow),  # ResNet-50s
         (ROOT / "configs/study/mix_and_mask_shapesx.yaml", 10),
         (ROOT / "src/mixmask/resources/demo_shapesx.yaml", 5),
     ],
@@ -228,7 +229,7 @@ def test_a_variant_may_name_its_own_base_config_for_a_stage():
     "name, methods",
     [
         ("a2mim_ablation_shapesx.yaml", {"a2mim": 7, "simmim": 1}),
-        ("a2mim_ablation_r50_in100.yaml", {"a2mim": 7, "simmim": 1}),
+        pytest.param("a2mim_ablation_r50_in100.yaml", {"a2mim": 7, "simmim": 1}, marks=pytest.mark.slow),
         ("baselines_shapesx.yaml", {"a2mim": 2, "simmim": 1, "mocov3": 1, "mae": 1}),
     ],
 )
