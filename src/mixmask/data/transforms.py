@@ -1,9 +1,9 @@
 """Image transforms of the Mix-and-Mask / A2MIM recipes (PIL image in, normalised float tensor out).
 
 Training crops at the config's scale: pretraining gently (RandomResizedCrop scale 0.8-1, as A2MIM), finetuning hard
-(0.08-1, the usual ImageNet recipe); evaluation resizes the shorter side to ``size / crop_pct`` and centre-crops; MoCo v3 takes two
-asymmetrically augmented views of each image (``two_view_transform``). Sizes and scales come from the config.
-Randomness comes from torch's global generator, so ``torch.manual_seed`` fixes it.
+(0.08-1, the usual ImageNet recipe); evaluation resizes the shorter side to ``size / crop_pct`` and centre-crops;
+MoCo v3 takes two asymmetrically augmented views of each image (``two_view_transform``). Sizes and scales come from
+the config. Randomness comes from torch's global generator, so ``torch.manual_seed`` fixes it.
 """
 
 from __future__ import annotations
