@@ -10,10 +10,12 @@ import torch
 
 from mixmask.data.common import Batch
 from mixmask.evaluation.cka import MinibatchCKA, linear_cka, occlusion_invariance, unbiased_hsic
+from mixmask.evaluation.occlusion import OcclusionSettings
 from mixmask.models.backbone import Backbone
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
+SETTINGS = OcclusionSettings([0.3], 4, "zero", MEAN, STD)
 
 
 def reference_cka(x, y):
@@ -152,7 +154,9 @@ def image_batches(n=24, size=32, batch_size=8):
 
 def test_occlusion_invariance_of_a_backbone(backbone):
     ratios = [0.0, 0.25, 0.5, 0.9]  # at 1.0 with zero fill every image is the same black image: CKA undefined
-    result = occlusion_invariance(backbone.forward_stages, image_batches(), ratios, 4, "zero", MEAN, STD, seed=2)
+    result = occlusion_invariance(
+        backbone.forward_stages, image_batches(), OcclusionSettings(ratios, 4, "zero", MEAN, STD, seed=2)
+    )
     assert set(result) == {"ratios", "stages", "images", "patch_size", "fill", "debiased", "seed"}
     assert result["images"] == 24 and result["ratios"] == ratios and result["debiased"] is False
     assert list(result["stages"]) == [str(s) for s in range(len(backbone.stage_modules))]
@@ -164,7 +168,7 @@ def test_occlusion_invariance_of_a_backbone(backbone):
 
     # the same images, batched differently, give the same numbers
     rebatched = occlusion_invariance(
-        backbone.forward_stages, image_batches(batch_size=5), ratios, 4, "zero", MEAN, STD, seed=2
+        backbone.forward_stages, image_batches(batch_size=5), OcclusionSettings(ratios, 4, "zero", MEAN, STD, seed=2)
     )
     for s, values in result["stages"].items():
         assert rebatched["stages"][s] == pytest.approx(values, abs=1e-5)
@@ -172,14 +176,18 @@ def test_occlusion_invariance_of_a_backbone(backbone):
 
 def test_occlusion_invariance_debiased_and_max_images(backbone):
     result = occlusion_invariance(
-        backbone.forward_stages, image_batches(), [0.0, 0.5], 4, "mean", MEAN, STD, debiased=True, max_images=19
+        backbone.forward_stages,
+        image_batches(),
+        OcclusionSettings([0.0, 0.5], 4, "mean", MEAN, STD),
+        debiased=True,
+        max_images=19,
     )
     assert result["debiased"] is True and result["images"] == 16  # the 3-image remainder is too small to use
     for values in result["stages"].values():
         assert values[0] == pytest.approx(1.0, abs=1e-9)
         assert values[1] < 1.0
 
-    capped = occlusion_invariance(backbone.forward_stages, image_batches(), [0.3], 4, "zero", MEAN, STD, max_images=10)
+    capped = occlusion_invariance(backbone.forward_stages, image_batches(), SETTINGS, max_images=10)
     assert capped["images"] == 10
-    empty = occlusion_invariance(backbone.forward_stages, [], [0.3], 4, "zero", MEAN, STD)
+    empty = occlusion_invariance(backbone.forward_stages, [], SETTINGS)
     assert empty["images"] == 0 and empty["stages"] == {}

@@ -19,7 +19,8 @@ import imagenet_x
 from mixmask.data.imagenet100 import load_class_list
 from mixmask.data.shapesx import ShapesX
 from mixmask.evaluation import imagenet_x as ix
-from mixmask.evaluation.imagenet_x import FACTORS, PredictionError, evaluate, evaluate_annotations, shapesx_rows
+from mixmask.evaluation.imagenet_x import PredictionError, evaluate, evaluate_annotations, shapesx_rows
+from mixmask.factors import FACTORS
 
 # imagenet-x builds a ragged DataFrame of the ReaL labels, which pandas 3 deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:Constructing a DataFrame from a list of sequences")

@@ -182,6 +182,7 @@ def test_bad_masks_are_refused_clearly():
         model(images, MaskBatch(uneven.strategy, uneven.pixels, {2: mask}))
 
 
+@pytest.mark.slow
 def test_loss_falls_on_shapesx_and_beats_any_constant_patch():
     data = ShapesX("train", size=SIZE, length=32, transform=eval_transform(SIZE, 1.0))
     images = torch.stack([data[i][0] for i in range(32)])

@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
+from mixmask.config import load_config
 from mixmask.data.common import Batch
 from mixmask.evaluation.occlusion import (
+    OcclusionSettings,
     cell_ranks,
     occlude,
     occlusion_accuracy,
@@ -134,10 +136,12 @@ def test_accuracy_matches_a_per_image_computation(fill):
     labels = torch.where(torch.arange(n) % 3 == 0, (clean + 1) % 10, clean)  # clean accuracy exactly 30/45
     ratios = [0.0, 0.2, 0.5, 1.0]
     shuffled = occlusion_accuracy(
-        classify, batches_of(images, labels, torch.randperm(n), 7), ratios, 4, fill, MEAN, STD, seed=1
+        classify,
+        batches_of(images, labels, torch.randperm(n), 7),
+        OcclusionSettings(ratios, 4, fill, MEAN, STD, seed=1),
     )
     ordered = occlusion_accuracy(
-        classify, batches_of(images, labels, torch.arange(n), 16), ratios, 4, fill, MEAN, STD, seed=1
+        classify, batches_of(images, labels, torch.arange(n), 16), OcclusionSettings(ratios, 4, fill, MEAN, STD, seed=1)
     )
     assert shuffled == ordered
     assert set(shuffled) >= {"ratios", "accuracy", "images", "patch_size", "fill", "seed"}
@@ -156,7 +160,9 @@ def test_accuracy_matches_a_per_image_computation(fill):
 def test_fully_occluded_accuracy_is_known():
     images, classify = make_data()
     labels = torch.arange(len(images)) % 10
-    result = occlusion_accuracy(classify, batches_of(images, labels, torch.arange(45), 10), [1.0], 4, "zero", MEAN, STD)
+    result = occlusion_accuracy(
+        classify, batches_of(images, labels, torch.arange(45), 10), OcclusionSettings([1.0], 4, "zero", MEAN, STD)
+    )
     # every image becomes the same black image, so every prediction is that image's class
     black = normalise(torch.zeros(1, 3, 32, 32))
     expected = float((labels == classify(black).argmax(1)).float().mean())
@@ -168,8 +174,17 @@ def test_fully_occluded_accuracy_is_known():
 
 def test_empty_input_and_bad_arguments():
     images, classify = make_data(n=4)
-    assert occlusion_accuracy(classify, [], [0.5], 4, "zero", MEAN, STD)["accuracy"] == [None]
+    assert occlusion_accuracy(classify, [], OcclusionSettings([0.5], 4, "zero", MEAN, STD))["accuracy"] == [None]
     with pytest.raises(ValueError):
-        occlusion_accuracy(classify, [], [], 4, "zero", MEAN, STD)
+        OcclusionSettings([], 4, "zero", MEAN, STD)
     with pytest.raises(ValueError):
-        occlusion_accuracy(classify, [], [0.5], 4, "blur", MEAN, STD)
+        OcclusionSettings([0.5], 4, "blur", MEAN, STD)
+
+
+def test_settings_from_config():
+    cfg = load_config(overrides=["data.image_size=64", "eval.occlusion_ratios=[0, 0.5]", "eval.occlusion_fill=mean"])
+    settings = OcclusionSettings.from_config(cfg)
+    assert settings == OcclusionSettings(
+        (0.0, 0.5), patch_size_for(64, 16), "mean", tuple(cfg.data.mean), tuple(cfg.data.std)
+    )
+    assert settings.ratios == (0.0, 0.5) and all(isinstance(r, float) for r in settings.ratios)

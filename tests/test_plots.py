@@ -1,8 +1,12 @@
 """Every report figure writes a readable PNG, for one model and several, with thin, empty and undefined values."""
 
+import sys
+
 import pytest
+import torch
 from PIL import Image
 
+from mixmask.report.figures import reconstruction_figure
 from mixmask.report.plots import cka_curves, error_ratio_bars, factor_accuracy_bars, occlusion_curve, shape_bias_bars
 
 
@@ -93,3 +97,11 @@ def test_titles_can_be_set_and_bad_input_is_named(tmp_path):
     check_png(factor_accuracy_bars(factor_results(), str(tmp_path / "a.png"), title="ShapesX test, A2MIM"))
     with pytest.raises(ValueError, match="factors"):
         error_ratio_bars({"A2MIM": {"accuracy": 1}}, tmp_path / "b.png")
+
+
+def test_reconstruction_figure_draws_without_pyplot(tmp_path):
+    rows = {name: torch.rand(3, 3, 16, 16) for name in ("masked", "prediction", "pasted", "original")}
+    result = {"rows": rows, "patch_size": 4, "ratio": 0.6, "stage": 1, "psnr_masked": 18.5}
+    path = reconstruction_figure(result, tmp_path / "sub" / "recon.png", max_images=2)
+    assert Image.open(path).size == (640, 320)  # 4 x 1.6 in by 2 x 1.6 in at 100 dpi
+    assert "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()

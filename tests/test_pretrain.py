@@ -85,6 +85,7 @@ def test_bad_pairing_fails_before_any_compute(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeypatch):
     cfg = load_config(None, TINY)
     straight = pretrain(cfg, out=tmp_path / "straight")
@@ -141,6 +142,7 @@ def test_a_damaged_checkpoint_resumes_from_the_previous_one_and_none_intact_is_o
     assert "Traceback" not in captured.err + captured.out
 
 
+@pytest.mark.slow
 def test_loss_falls_on_shapesx(tmp_path):
     overrides = [
         "data.image_size=32",
@@ -160,6 +162,7 @@ def test_loss_falls_on_shapesx(tmp_path):
     assert losses[-1] < 0.6 * losses[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
     reason="torchrun not installed",

@@ -1,5 +1,6 @@
 """The study report on a real tiny sweep: two pretrained variants (one with mixed masking) and a scratch baseline,
-each pretrained, finetuned and evaluated for real, registered in a results store as the sweep runner does."""
+each pretrained, finetuned and evaluated for real, registered in a results store as the sweep runner does (the
+``sweep`` fixture: those tests are ``slow``). The fast suite runs ``mixmask report`` on a sweep that has not run yet."""
 
 import csv
 import json
@@ -14,6 +15,7 @@ import yaml
 from PIL import Image
 
 from mixmask import __version__
+from mixmask.cli import main
 from mixmask.config import load_config, to_dict
 from mixmask.report import collect, tables
 from mixmask.store import ResultsStore
@@ -110,6 +112,7 @@ def _evaluate_results(sweep: Path, name: str) -> dict:
     return json.loads((sweep / "runs" / name / "evaluate" / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_table1_numbers_are_the_evaluate_results_in_percent(sweep):
     variants = collect.collect_variants(sweep)
     assert [v.name for v in variants] == list(VARIANTS)
@@ -144,6 +147,7 @@ def test_table1_numbers_are_the_evaluate_results_in_percent(sweep):
     }
 
 
+@pytest.mark.slow
 def test_files_csv_and_markdown(sweep, built):
     out = built.parent
     assert built == sweep / "report" / "report.html"
@@ -184,6 +188,7 @@ def test_files_csv_and_markdown(sweep, built):
     assert "occlusion ER @0.5" in summary and "no pretrain" in summary  # scratch has no pretraining stage
 
 
+@pytest.mark.slow
 def test_html_is_self_contained_with_every_section(built):
     page = built.read_text()
     for name in VARIANTS:
@@ -198,6 +203,7 @@ def test_html_is_self_contained_with_every_section(built):
     assert "imagesBroken" in page
 
 
+@pytest.mark.slow
 def test_a_partially_finished_sweep_renders_with_pending_and_failed_stages(sweep, tmp_path):
     """A second sweep folder whose store points at the fixture's runs by absolute path: p4 done, the scratch
     baseline with its evaluate stage pending, and a variant whose pretraining failed."""
@@ -236,6 +242,7 @@ def test_a_partially_finished_sweep_renders_with_pending_and_failed_stages(sweep
     ]
 
 
+@pytest.mark.slow
 def test_extra_run_folders_become_variants(sweep, tmp_path):
     """An evaluate output folder (named after its parent, as ``evaluate`` says little) and a finetune run folder
     with ``evaluation/`` inside, next to no sweep at all."""
@@ -257,12 +264,28 @@ def test_extra_run_folders_become_variants(sweep, tmp_path):
         report(tmp_path / "nowhere", extra_runs=[sweep / "runs" / "p4" / "pretrain"], out=tmp_path / "out2")
 
 
+def test_report_command_on_a_sweep_that_has_not_run_yet(tmp_path, capsys):
+    """``mixmask report`` end to end without training: the planned variant is listed with its pending stages."""
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.set_meta(name="planned", created=time.time())
+    config = to_dict(load_config(ROOT / "configs/pretrain/a2mim_tiny_shapesx.yaml"))
+    spec = {"stages": ["pretrain"], "overrides": {}, "description": "", "configs": {"pretrain": config}}
+    store.add_variant("p32", 0, spec, {"pretrain": "runs/p32/pretrain"})
+    store.close()
+    assert main(["report", str(tmp_path)]) == 0
+    assert f"report: {(tmp_path / 'report' / 'report.html').resolve()}" in capsys.readouterr().out
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "p32" in page and "pending" in page
+    assert "p32" in (tmp_path / "report" / "table1.md").read_text()
+
+
 def test_no_store_and_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.sqlite"):
         report(tmp_path)
     assert not (tmp_path / "results.sqlite").exists() and not (tmp_path / "report").exists()
 
 
+@pytest.mark.slow
 def test_the_page_renders_in_a_headless_browser(built, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:

@@ -16,7 +16,6 @@ from mixmask.data.shapesx import (
     CANONICAL_TEXTURE,
     CLASSES,
     COLOURS,
-    FACTORS,
     SPLITS,
     TRAIN_ROTATION,
     TRAIN_SCALE,
@@ -26,6 +25,9 @@ from mixmask.data.shapesx import (
     export_shapesx,
     masks,
 )
+from mixmask.data.shapesx.shapes import SKIN
+from mixmask.data.shapesx.textures import second_tone
+from mixmask.factors import FACTORS
 
 SIZE = 64
 PER_FACTOR = 20  # test images checked per factor (top factor), over all classes
@@ -62,7 +64,7 @@ def changed(a, b):
 
 def off_tones(pixels, colour):
     """Distance of each pixel from the segment between a colour and its texture's second tone."""
-    a, b = np.asarray(colour, float), np.asarray(sx._second_tone(colour), float)
+    a, b = np.asarray(colour, float), np.asarray(second_tone(colour), float)
     k = np.clip((pixels - a) @ (b - a) / ((b - a) @ (b - a)), 0, 1)
     return np.linalg.norm(pixels - (a + k[:, None] * (b - a)), axis=1)
 
@@ -288,7 +290,7 @@ def test_blocking(test_images, factor, kind):
         diff = changed(draw(s, SIZE), draw(replace(s, occluders=()), SIZE))
         assert diff[m["object"] & m["occluder"]].mean() > 0.9
     if kind == "person":  # head-and-shoulders silhouette with a skin-coloured head: unlike the boards
-        assert len(s.occluders[0].parts) == 2 and s.occluders[0].parts[1][1] in sx._SKIN
+        assert len(s.occluders[0].parts) == 2 and s.occluders[0].parts[1][1] in SKIN
 
 
 @pytest.mark.parametrize("factor", ["darker", "brighter"])

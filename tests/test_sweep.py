@@ -165,6 +165,7 @@ os._exit(1)  # killed before COMMIT
     assert store.run("a", "pretrain")["results"] == {"loss": 0.5}
 
 
+@pytest.mark.slow
 def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
     import yaml
 
@@ -182,7 +183,7 @@ def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
 @pytest.mark.parametrize(
     "path, variants",
     [
-        (ROOT / "configs/study/mix_and_mask_in100.yaml", 10),
+        pytest.param(ROOT / "configs/study/mix_and_mask_in100.yaml", 10, marks=pytest.mark.slow),  # ResNet-50s
         (ROOT / "configs/study/mix_and_mask_shapesx.yaml", 10),
         (ROOT / "src/mixmask/resources/demo_shapesx.yaml", 5),
     ],
@@ -218,7 +219,7 @@ def test_a_variant_may_name_its_own_base_config_for_a_stage():
     "name, methods",
     [
         ("a2mim_ablation_shapesx.yaml", {"a2mim": 8, "simmim": 1}),
-        ("a2mim_ablation_r50_in100.yaml", {"a2mim": 8, "simmim": 1}),
+        pytest.param("a2mim_ablation_r50_in100.yaml", {"a2mim": 8, "simmim": 1}, marks=pytest.mark.slow),
         ("baselines_shapesx.yaml", {"a2mim": 2, "simmim": 1, "mocov3": 1, "mae": 1}),
     ],
 )

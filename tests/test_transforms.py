@@ -3,13 +3,14 @@ import pytest
 import torch
 from PIL import Image
 
+from mixmask.config import load_config
 from mixmask.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     denormalize,
     eval_transform,
-    finetune_transform,
-    pretrain_transform,
+    eval_transform_for,
+    train_transform,
 )
 
 NO_NORM = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
@@ -21,10 +22,10 @@ def coordinate_image(size=64):
     return Image.fromarray(np.stack([4 * x, 4 * y, np.zeros_like(x)], axis=2).astype(np.uint8))
 
 
-@pytest.mark.parametrize("make", [pretrain_transform, finetune_transform])
-def test_random_crop_output_shape_dtype_and_determinism(make):
+@pytest.mark.parametrize("scale", [(0.8, 1.0), (0.08, 1.0)])
+def test_random_crop_output_shape_dtype_and_determinism(scale):
     image = coordinate_image().resize((80, 50))
-    transform = make(32)
+    transform = train_transform(32, scale)
     torch.manual_seed(0)
     first = transform(image)
     torch.manual_seed(0)
@@ -34,15 +35,21 @@ def test_random_crop_output_shape_dtype_and_determinism(make):
 
 
 def test_default_scales_follow_the_papers():
-    assert pretrain_transform(32).transforms[0].scale == (0.8, 1.0)
-    assert finetune_transform(32).transforms[0].scale == (0.08, 1.0)
-    assert finetune_transform(32, scale=[0.2, 0.5]).transforms[0].scale == (0.2, 0.5)
+    data = load_config().data
+    assert data.pretrain_scale == [0.8, 1.0] and data.finetune_scale == [0.08, 1.0]
+    assert train_transform(32, scale=[0.2, 0.5]).transforms[0].scale == (0.2, 0.5)
+
+
+def test_eval_transform_for_a_data_config():
+    data = load_config(overrides=["data.image_size=64", "data.crop_pct=0.75", "data.mean=[0.5, 0.5, 0.5]"]).data
+    image = coordinate_image().resize((70, 60))
+    assert torch.equal(eval_transform_for(data)(image), eval_transform(64, 0.75, [0.5] * 3, data.std)(image))
 
 
 def test_crop_scale_is_respected():
     """A quarter-area square crop of a 64 px image resized to 32 px is a copied 32 x 32 window of the input."""
     source = np.asarray(coordinate_image()).astype(np.float32) / 255
-    transform = pretrain_transform(32, scale=(0.25, 0.25), ratio=(1.0, 1.0), hflip=False, **NO_NORM)
+    transform = train_transform(32, scale=(0.25, 0.25), ratio=(1.0, 1.0), hflip=False, **NO_NORM)
     corners = set()
     for seed in range(8):
         torch.manual_seed(seed)
@@ -56,13 +63,13 @@ def test_crop_scale_is_respected():
 def test_hflip_switch():
     image = coordinate_image(32)
     plain = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
-    with_flip = pretrain_transform(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), **NO_NORM)
+    with_flip = train_transform(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), **NO_NORM)
     outs = []
     for seed in range(10):
         torch.manual_seed(seed)
         outs.append(with_flip(image))
     assert any(torch.equal(o, plain) for o in outs) and any(torch.equal(o, plain.flip(-1)) for o in outs)
-    without = pretrain_transform(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False, **NO_NORM)
+    without = train_transform(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False, **NO_NORM)
     assert all(torch.equal(without(image), plain) for _ in range(5))
 
 
@@ -92,16 +99,16 @@ def test_eval_crop_pct():
 @pytest.mark.parametrize("scale", [(0.0, 1.0), (0.9, 0.5), (0.5, 1.2), (0.5,)])
 def test_bad_scale_is_a_clear_error(scale):
     with pytest.raises(ValueError, match=r"scale must be \(min, max\) with 0 < min <= max <= 1"):
-        pretrain_transform(32, scale=scale)
+        train_transform(32, scale=scale)
 
 
 def test_bad_crop_pct_ratio_and_size():
     with pytest.raises(ValueError, match=r"crop_pct must be in \(0, 1\]"):
         eval_transform(32, crop_pct=1.5)
     with pytest.raises(ValueError, match="ratio must be"):
-        finetune_transform(32, ratio=(2.0, 1.0))
+        train_transform(32, (0.08, 1.0), ratio=(2.0, 1.0))
     with pytest.raises(ValueError, match="size must be a positive"):
-        finetune_transform(0)
+        train_transform(0, (0.08, 1.0))
 
 
 def test_denormalize_inverts_normalize_and_clamps():
@@ -113,3 +120,4 @@ def test_denormalize_inverts_normalize_and_clamps():
     assert torch.allclose(denormalize(normalized[0]), images[0], atol=1e-6)
     assert denormalize(torch.full((3, 2, 2), 10.0)).eq(1).all()
     assert torch.allclose(denormalize(torch.zeros(3, 1, 1), [0.5] * 3, [2.0] * 3), torch.full((3, 1, 1), 0.5))
+    assert torch.equal(denormalize(normalized.bfloat16()), denormalize(normalized.bfloat16().float()))  # in float32

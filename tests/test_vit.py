@@ -149,6 +149,7 @@ def test_vit_classifier_layer_decay_and_weights_from_pretraining():
     timm_vit.load_state_dict(classifier.timm_model.state_dict())
 
 
+@pytest.mark.slow
 def test_vit_a2mim_loss_falls_on_shapesx():
     torch.manual_seed(0)
     cfg, model, masker = vit_a2mim(ratio=0.6)

@@ -67,9 +67,9 @@ def resolve_num_workers(value: int | str) -> int:
 
 def check_dataset(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
     """Read every image of the train and val splits; count images per class and list the unreadable ones."""
-    from mixmask.data.transforms import eval_transform
+    from mixmask.data.transforms import eval_transform_for
 
-    transform = eval_transform(cfg.image_size, crop_pct=cfg.crop_pct, mean=cfg.mean, std=cfg.std)
+    transform = eval_transform_for(cfg)
     report: dict[str, Any] = {"dataset": cfg.dataset, "root": cfg.root, "splits": {}}
     for split in ("train", "val"):
         dataset = build_dataset(cfg, split, transform)

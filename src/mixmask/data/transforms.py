@@ -1,9 +1,9 @@
 """Image transforms of the Mix-and-Mask / A2MIM recipes (PIL image in, normalised float tensor out).
 
-Pretraining crops gently (RandomResizedCrop scale 0.8-1, as A2MIM), finetuning crops hard (0.08-1, the usual
-ImageNet recipe), evaluation resizes the shorter side to ``size / crop_pct`` and centre-crops; MoCo v3 takes two
-asymmetrically augmented views of each image (``two_view_transform``). Sizes and scales come from the config.
-Randomness comes from torch's global generator, so ``torch.manual_seed`` fixes it.
+Training crops at the config's scale: pretraining gently (RandomResizedCrop scale 0.8-1, as A2MIM), finetuning hard
+(0.08-1, the usual ImageNet recipe); evaluation resizes the shorter side to ``size / crop_pct`` and centre-crops;
+MoCo v3 takes two asymmetrically augmented views of each image (``two_view_transform``). Sizes and scales come from
+the config. Randomness comes from torch's global generator, so ``torch.manual_seed`` fixes it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from mixmask._compat import torchvision
+from mixmask.config import DataConfig
 
 T = torchvision.transforms
 
@@ -33,16 +34,18 @@ def _check(size: int, scale: Sequence[float], ratio: Sequence[float]) -> None:
         raise ValueError(f"ratio must be (min, max) aspect ratios with 0 < min <= max, got {ratio}")
 
 
-def _random_crop_transform(
+def train_transform(
     size: int,
     scale: Sequence[float],
-    ratio: Sequence[float],
-    hflip: bool,
-    mean: Sequence[float],
-    std: Sequence[float],
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     colour: Sequence[Callable] = (),
 ) -> T.Compose:
-    """RandomResizedCrop (bilinear), the ``colour`` steps, horizontal flip (if ``hflip``), ToTensor, Normalize."""
+    """Training: RandomResizedCrop (bilinear) to ``size`` at ``scale`` (pretraining: A2MIM's 0.8-1; finetuning: the
+    ImageNet recipe's 0.08-1; both from the config), the ``colour`` steps, horizontal flip (if ``hflip``), ToTensor,
+    Normalize."""
     _check(size, scale, ratio)
     steps = [
         T.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), interpolation=T.InterpolationMode.BILINEAR),
@@ -51,30 +54,6 @@ def _random_crop_transform(
     if hflip:
         steps.append(T.RandomHorizontalFlip())
     return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
-
-
-def pretrain_transform(
-    size: int,
-    scale: Sequence[float] = (0.8, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    hflip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> T.Compose:
-    """MIM pretraining: RandomResizedCrop (bilinear, A2MIM's scale 0.8-1), horizontal flip, ToTensor, Normalize."""
-    return _random_crop_transform(size, scale, ratio, hflip, mean, std)
-
-
-def finetune_transform(
-    size: int,
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    hflip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> T.Compose:
-    """Supervised finetuning: the pretraining pipeline with the standard ImageNet crop scale 0.08-1."""
-    return _random_crop_transform(size, scale, ratio, hflip, mean, std)
 
 
 def eval_transform(
@@ -99,14 +78,20 @@ def eval_transform(
     )
 
 
+def eval_transform_for(data: DataConfig) -> T.Compose:
+    """``eval_transform`` with the size, crop and normalisation of a config's ``data`` section."""
+    return eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
+
+
 def denormalize(
     tensor: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> torch.Tensor:
-    """Undo ``Normalize`` on a ``(3, H, W)`` or ``(B, 3, H, W)`` tensor and clamp to [0, 1], for figures."""
+    """Undo ``Normalize`` on a ``(3, H, W)`` or ``(B, 3, H, W)`` tensor, in float32 (a bf16 prediction too), and
+    clamp to [0, 1]: pixels for figures and PSNR."""
     shape = (3, 1, 1)
-    mean_t = torch.as_tensor(mean, dtype=tensor.dtype, device=tensor.device).view(shape)
-    std_t = torch.as_tensor(std, dtype=tensor.dtype, device=tensor.device).view(shape)
-    return (tensor * std_t + mean_t).clamp(0, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=tensor.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=tensor.device).view(shape)
+    return (tensor.float() * std_t + mean_t).clamp(0, 1)
 
 
 class _GaussianBlur:
@@ -164,6 +149,6 @@ def two_view_transform(
         ]
         if solarize_p > 0:
             colour.append(T.RandomSolarize(threshold=128, p=solarize_p))
-        return _random_crop_transform(size, scale, ratio, hflip, mean, std, colour)
+        return train_transform(size, scale, ratio, hflip, mean, std, colour)
 
     return _TwoViews(view(blur_p=1.0, solarize_p=0.0), view(blur_p=0.1, solarize_p=0.2))

@@ -10,12 +10,13 @@ features are small enough to keep); ``debiased=True`` gives the minibatch estima
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import torch
 
 from mixmask.data.common import Batch
-from mixmask.evaluation.occlusion import check_occlusion_args, map_over_ratios
+from mixmask.evaluation.occlusion import OcclusionSettings, map_over_ratios
 
 
 def _as_matrix(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -110,12 +111,7 @@ def _json(value: float) -> float | None:
 def occlusion_invariance(
     stage_features: Callable[[torch.Tensor], list[torch.Tensor]],
     batches: Iterable[Batch],
-    ratios: Sequence[float],
-    patch_size: int,
-    fill: str,
-    mean: Sequence[float],
-    std: Sequence[float],
-    seed: int = 0,
+    settings: OcclusionSettings,
     debiased: bool = False,
     device: torch.device | str = "cpu",
     max_images: int | None = None,
@@ -127,7 +123,8 @@ def occlusion_invariance(
     numbers (ResNet-50, 2720 images, 10 ratios: about 0.5 GB); ``max_images`` caps n. ``debiased=True`` keeps no
     features and averages the unbiased HSIC over batches instead (batches under 4 images are skipped and not counted).
     Ratios that drop no cell reuse the clean features, so they give exactly 1."""
-    ratios = check_occlusion_args(ratios, fill)
+    ratios = settings.ratios
+    with_clean = replace(settings, ratios=(0.0, *ratios))  # the clean features come out of the same call
     clean: list[list[torch.Tensor]] = []  # stage -> batches
     occluded: list[list[list[torch.Tensor]]] = []  # ratio -> stage -> batches
     meters: list[list[MinibatchCKA]] = []  # ratio -> stage
@@ -143,9 +140,7 @@ def occlusion_invariance(
         if take == 0 or (debiased and take < 4):
             continue
         images = batch.images[:take].to(device)
-        full, *per_ratio = map_over_ratios(
-            pooled, images, batch.indices[:take], [0.0, *ratios], patch_size, fill, mean, std, seed
-        )
+        full, *per_ratio = map_over_ratios(pooled, images, batch.indices[:take], with_clean)
         if not clean:
             clean = [[] for _ in full]
             occluded = [[[] for _ in full] for _ in ratios]
@@ -170,11 +165,11 @@ def occlusion_invariance(
                 value = linear_cka(torch.cat(clean[s]), torch.cat(occluded[r][s]))
             stages[str(s)].append(_json(value))
     return {
-        "ratios": ratios,
+        "ratios": list(ratios),
         "stages": stages,
         "images": images_used,
-        "patch_size": patch_size,
-        "fill": fill,
+        "patch_size": settings.patch_size,
+        "fill": settings.fill,
         "debiased": debiased,
-        "seed": seed,
+        "seed": settings.seed,
     }

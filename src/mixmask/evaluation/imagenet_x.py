@@ -31,24 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-FACTORS: tuple[str, ...] = (
-    "pose",
-    "background",
-    "pattern",
-    "color",
-    "smaller",
-    "shape",
-    "partial_view",
-    "subcategory",
-    "texture",
-    "larger",
-    "darker",
-    "object_blocking",
-    "person_blocking",
-    "style",
-    "brighter",
-    "multiple_objects",
-)
+from mixmask.factors import FACTORS
+
 WHICH_FACTORS = ("top", "multi")
 NUM_CLASSES = 1000
 Z95 = 1.959964  # two-sided 95 % normal quantile

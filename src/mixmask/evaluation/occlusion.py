@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from mixmask.data.common import Batch
+
+if TYPE_CHECKING:
+    from mixmask.config import Config
 
 FILLS = ("zero", "mean")
 T = TypeVar("T")
@@ -131,62 +135,70 @@ def occlude(
     return torch.where(masks.to(images.device), fill_values(images, fill, mean, std), images)
 
 
-def check_occlusion_args(ratios: Sequence[float], fill: str) -> list[float]:
-    """The ratios as floats, after checking that there is at least one, each in [0, 1], and that the fill exists."""
-    ratios = [float(r) for r in ratios]
-    if not ratios:
-        raise ValueError("give at least one occlusion ratio")
-    for ratio in ratios:
-        dropped_cells(ratio, 1)  # validates the range
-    if fill not in FILLS:
-        raise ValueError(f"unknown occlusion fill {fill!r}; expected one of {', '.join(FILLS)}")
-    return ratios
+@dataclass(frozen=True)
+class OcclusionSettings:
+    """How images are occluded: the ratios (shares of grid cells dropped), the cell size in pixels, the fill, the
+    data's normalisation (what black is, for the ``zero`` fill) and the seed. Occlusion accuracy and CKA invariance
+    take the same object, so both see the same occluded images. Checked when built: at least one ratio, each in
+    [0, 1], a known fill; the ratios are kept as floats."""
+
+    ratios: tuple[float, ...]
+    patch_size: int
+    fill: str
+    mean: Sequence[float]
+    std: Sequence[float]
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        ratios = tuple(float(r) for r in self.ratios)
+        if not ratios:
+            raise ValueError("give at least one occlusion ratio")
+        for ratio in ratios:
+            dropped_cells(ratio, 1)  # validates the range
+        if self.fill not in FILLS:
+            raise ValueError(f"unknown occlusion fill {self.fill!r}; expected one of {', '.join(FILLS)}")
+        object.__setattr__(self, "ratios", ratios)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> OcclusionSettings:
+        """The ``eval`` section's ratios, patch (pixels at 224 px, scaled to the input size), fill and seed, with the
+        ``data`` section's mean and std."""
+        ev, data = cfg.eval, cfg.data
+        patch = patch_size_for(data.image_size, ev.occlusion_patch)
+        return cls(tuple(ev.occlusion_ratios), patch, ev.occlusion_fill, tuple(data.mean), tuple(data.std), ev.seed)
 
 
 def map_over_ratios(
-    fn: Callable[[torch.Tensor], T],
-    images: torch.Tensor,
-    indices: torch.Tensor,
-    ratios: Sequence[float],
-    patch_size: int,
-    fill: str,
-    mean: Sequence[float],
-    std: Sequence[float],
-    seed: int = 0,
+    fn: Callable[[torch.Tensor], T], images: torch.Tensor, indices: torch.Tensor, settings: OcclusionSettings
 ) -> list[T]:
-    """``fn`` of the images occluded at each ratio, in order. The cell ranking is drawn once per batch; ratios that
-    drop the same number of cells share one call, and one that drops none gets the clean images."""
-    rows, cols = cell_grid(images.shape[-2:], patch_size)
-    ranks = cell_ranks(indices, rows * cols, seed)
+    """``fn`` of the images occluded at each of the settings' ratios, in order. The cell ranking is drawn once per
+    batch; ratios that drop the same number of cells share one call, and one that drops none gets the clean images."""
+    s = settings
+    rows, cols = cell_grid(images.shape[-2:], s.patch_size)
+    ranks = cell_ranks(indices, rows * cols, s.seed)
     by_k: dict[int, T] = {}
-    for ratio in ratios:
+    for ratio in s.ratios:
         k = dropped_cells(ratio, rows * cols)
         if k not in by_k:
             occluded = images
             if k:
-                masks = masks_from_ranks(ranks, images.shape[-2:], patch_size, ratio, images.device)
-                occluded = occlude(images, masks, fill, mean, std)
+                masks = masks_from_ranks(ranks, images.shape[-2:], s.patch_size, ratio, images.device)
+                occluded = occlude(images, masks, s.fill, s.mean, s.std)
             by_k[k] = fn(occluded)
-    return [by_k[dropped_cells(ratio, rows * cols)] for ratio in ratios]
+    return [by_k[dropped_cells(ratio, rows * cols)] for ratio in s.ratios]
 
 
 @torch.no_grad()
 def occlusion_accuracy(
     classify: Callable[[torch.Tensor], torch.Tensor],
     batches: Iterable[Batch],
-    ratios: Sequence[float],
-    patch_size: int,
-    fill: str,
-    mean: Sequence[float],
-    std: Sequence[float],
-    seed: int = 0,
+    settings: OcclusionSettings,
     device: torch.device | str = "cpu",
 ) -> dict:
     """Top-1 accuracy at every occlusion ratio, each batch occluded at all ratios in turn (the data are read once).
     ``classify(images)`` returns logits; put the model in eval mode first. Ratios that drop the same number of cells
     give the same images and share one forward pass (ratio 0 is the clean accuracy)."""
-    ratios = check_occlusion_args(ratios, fill)
-    correct = [0] * len(ratios)
+    correct = [0] * len(settings.ratios)
     images_seen = 0
     for batch in batches:
         if len(batch) == 0:
@@ -196,17 +208,15 @@ def occlusion_accuracy(
         def hits(images: torch.Tensor, labels: torch.Tensor = labels) -> int:
             return int((classify(images).argmax(dim=1) == labels).sum())
 
-        per_ratio = map_over_ratios(
-            hits, batch.images.to(device), batch.indices, ratios, patch_size, fill, mean, std, seed
-        )
+        per_ratio = map_over_ratios(hits, batch.images.to(device), batch.indices, settings)
         correct = [c + h for c, h in zip(correct, per_ratio, strict=True)]
         images_seen += len(batch)
     return {
-        "ratios": ratios,
+        "ratios": list(settings.ratios),
         "accuracy": [c / images_seen if images_seen else None for c in correct],
         "correct": correct,
         "images": images_seen,
-        "patch_size": patch_size,
-        "fill": fill,
-        "seed": seed,
+        "patch_size": settings.patch_size,
+        "fill": settings.fill,
+        "seed": settings.seed,
     }

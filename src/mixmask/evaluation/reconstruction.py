@@ -1,24 +1,13 @@
-"""Reconstruction quality of a masked-image model: PSNR on the masked pixels per strategy, and the figure grid
-(masked input, prediction, prediction pasted into the visible pixels, original)."""
+"""Reconstruction quality of a masked-image model: PSNR on the masked pixels per strategy, and the image rows of its
+figure (masked input, prediction, prediction pasted into the visible pixels, original), which
+``mixmask.report.figures.reconstruction_figure`` draws."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import torch
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from mixmask.masking import MixedMasker  # noqa: E402
-
-
-def to_pixels(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """Normalised (B, 3, H, W) back to [0, 1] pixels."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images.float() * std_t + mean_t).clamp(0, 1)
+from mixmask.data.transforms import denormalize
+from mixmask.masking import MixedMasker
 
 
 def masked_psnr(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
@@ -47,8 +36,8 @@ def reconstruct(
         generator = torch.Generator(device=device).manual_seed(seed * 7919 + index)
         choice = torch.full((len(images),), index, dtype=torch.long)
         masks = masker.masks_for(choice, images.shape[-1], generator=generator)
-        prediction = to_pixels(model(images, masks)["prediction"], mean, std)
-        original = to_pixels(images, mean, std)
+        prediction = denormalize(model(images, masks)["prediction"], mean, std)
+        original = denormalize(images, mean, std)
         m = masks.pixels[:, None]
         masked_input = torch.where(m, torch.full_like(original, 0.5), original)  # grey where masked
         pasted = torch.where(m, prediction, original)
@@ -64,30 +53,3 @@ def reconstruct(
         )
     model.train(was_training)
     return results
-
-
-def save_reconstruction_figure(result: dict, path: str | Path, max_images: int = 8) -> Path:
-    """One PNG: a row per image, columns masked input | prediction | pasted | original."""
-    rows = result["rows"]
-    count = min(max_images, len(rows["original"]))
-    columns = ["masked", "prediction", "pasted", "original"]
-    fig, axes = plt.subplots(count, 4, figsize=(4 * 1.6, count * 1.6), squeeze=False)
-    for r in range(count):
-        for c, name in enumerate(columns):
-            ax = axes[r][c]
-            ax.imshow(rows[name][r].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=9)
-    fig.suptitle(
-        f"patch {result['patch_size']}, ratio {result['ratio']}, stage {result['stage']}: "
-        f"masked PSNR {result['psnr_masked']:.2f} dB",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

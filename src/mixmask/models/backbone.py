@@ -55,6 +55,19 @@ def create_timm_model(name: str, num_classes: int = 0, **kwargs) -> nn.Module:
     return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **preset_args, **kwargs)
 
 
+def _module_walk(model: nn.Module) -> list[str]:
+    """Dotted names of the model's top-level children in order, with one level of ``nn.Sequential`` flattened: the
+    walk timm's feature extractors make to find ``feature_info`` points. timm keeps it private
+    (``timm.models._features._module_list``), so it is written out here."""
+    names = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential):
+            names.extend(f"{name}.{child_name}" for child_name, _ in child.named_children())
+        else:
+            names.append(name)
+    return names
+
+
 class Backbone(nn.Module):
     """Runs a timm CNN one stage at a time. ``strides[k]`` and ``channels[k]`` describe stage k's output."""
 
@@ -80,8 +93,7 @@ class Backbone(nn.Module):
                 "found; use a CNN such as resnet50, resnet18, convnext_tiny or regnety_016"
             )
         points = [f["module"] for f in feature_info if f["reduction"] >= 4]
-        # timm's own way to walk a model in order: top-level children, with one level of Sequential flattened
-        modules = [dotted for _, dotted, _ in timm.models._features._module_list(self.model, flatten_sequential=True)]
+        modules = _module_walk(self.model)
 
         def belongs(dotted: str, point: str) -> bool:
             return dotted == point or dotted.startswith(point + ".")
@@ -193,6 +205,8 @@ class ViTBackbone(nn.Module):
         x = vit.patch_embed(x)
         if hook is not None:
             x = hook(0, self.to_map(x)).flatten(2).transpose(1, 2)
+        # timm has no public call for "class/register tokens + position embedding" alone (forward_features runs the
+        # whole encoder), and the mask token must enter between the patch embedding and it: so its _pos_embed
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
         prefix = vit.num_prefix_tokens
         for k, block in enumerate(vit.blocks, start=1):

@@ -1,7 +1,8 @@
-"""Report figures that compare runs rather than plot one metric: Figure 3 (the same images reconstructed under
-every masking variant) and training curves. Like ``plots``, they draw on ``matplotlib.figure.Figure`` objects with an
-Agg canvas, never pyplot, so nothing global changes and no display is needed. Each writes one PNG and returns its
-path, or None when there is nothing to draw yet (the caller says so in the report).
+"""Report figures of images and runs rather than of one metric: one run's reconstructions, Figure 3 (the same images
+reconstructed under every masking variant) and training curves. Like ``plots``, they draw on
+``matplotlib.figure.Figure`` objects with an Agg canvas, never pyplot, so nothing global changes and no display is
+needed. Each writes one PNG and returns its path, or None when there is nothing to draw yet (the caller says so in
+the report).
 """
 
 from __future__ import annotations
@@ -47,6 +48,34 @@ def _reconstruction_rows(variants: list[Variant]) -> list[dict[str, Any]]:
 
 def _hwc(batch: np.ndarray, i: int) -> np.ndarray:
     return np.transpose(batch[i], (1, 2, 0))
+
+
+def reconstruction_figure(result: dict, path: str | Path, max_images: int = 8) -> Path:
+    """One strategy's reconstructions (a result of ``mixmask.evaluation.reconstruction.reconstruct``): a row per
+    image, columns masked input | prediction | pasted | original, titled with the strategy and masked-pixel PSNR."""
+    rows = result["rows"]
+    count = min(max_images, len(rows["original"]))
+    columns = ["masked", "prediction", "pasted", "original"]
+    fig = _figure(4 * 1.6, count * 1.6)
+    axes = fig.subplots(count, 4, squeeze=False)
+    for r in range(count):
+        for c, name in enumerate(columns):
+            ax = axes[r][c]
+            ax.imshow(rows[name][r].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")  # (3, H, W) tensors
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(
+        f"patch {result['patch_size']}, ratio {result['ratio']}, stage {result['stage']}: "
+        f"masked PSNR {result['psnr_masked']:.2f} dB",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
 
 
 def reconstruction_grid(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,19 @@ from safetensors.torch import save_file
 
 from mixmask.config import Config, ConfigError, apply_override, load_config, read_yaml, to_dict
 from mixmask.data import build_dataset, eval_loader
-from mixmask.data.transforms import eval_transform
+from mixmask.data.transforms import eval_transform_for
 from mixmask.engine import distributed
 from mixmask.engine.checkpoint import latest_intact_checkpoint, load_checkpoint
 from mixmask.engine.run_dir import resume_config, run_task, write_json
 from mixmask.evaluation import imagenet_x
 from mixmask.evaluation.cka import occlusion_invariance
 from mixmask.evaluation.classification import Outputs, collect, topk_accuracy
-from mixmask.evaluation.occlusion import occlusion_accuracy, patch_size_for
-from mixmask.evaluation.reconstruction import reconstruct, save_reconstruction_figure
+from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_accuracy
+from mixmask.evaluation.reconstruction import reconstruct
 from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
 from mixmask.models.classifier import Classifier, classes_in, read_weights
 from mixmask.report import plots
+from mixmask.report.figures import reconstruction_figure
 
 WNID = re.compile(r"^n\d{8}$")
 
@@ -91,7 +93,7 @@ def factor_results(
         "min_count": ev.min_factor_images,
     }
     if data.dataset == "shapesx":
-        transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
+        transform = eval_transform_for(data)
         test = build_dataset(data, "test", transform)
         outputs = collect(classifier, eval_loader(test, data, ev.batch_size), device, "ShapesX test")
         predictions = write_predictions(out_dir / "test_predictions.csv", test, outputs)
@@ -117,7 +119,7 @@ def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.devi
     results = []
     for result in reconstruct(model, masker, images, cfg.data.mean, cfg.data.std, seed=cfg.train.seed):
         stem = f"reconstructions/p{result['patch_size']}_r{result['ratio']}_s{result['stage']}"
-        save_reconstruction_figure(result, out_dir / f"{stem}.png")
+        reconstruction_figure(result, out_dir / f"{stem}.png")
         # the image rows as uint8 (B, 3, H, W) tensors, so a report can lay out several runs side by side
         # (contiguous: a ViT's decoder output is a channels-last view, which safetensors refuses)
         rows = {name: (row * 255).round().to(torch.uint8).cpu().contiguous() for name, row in result["rows"].items()}
@@ -141,7 +143,7 @@ def evaluate_classifier(
         seconds[name], clock = time.perf_counter() - clock, time.perf_counter()
         save()
 
-    transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
+    transform = eval_transform_for(data)
     val_set = build_dataset(data, "val", transform)
     val_loader = eval_loader(val_set, data, ev.batch_size, ev.max_images)
     val_outputs = collect(classifier, val_loader, device, "val")
@@ -164,31 +166,18 @@ def evaluate_classifier(
             print(factors.table())
         lap("factors")
 
-    patch = patch_size_for(data.image_size, ev.occlusion_patch)
-    occlusion = {
-        "patch_size": patch,
-        "fill": ev.occlusion_fill,
-        "mean": data.mean,
-        "std": data.std,
-        "seed": ev.seed,
-    }
+    if ev.occlusion or ev.cka:  # built only when used: it insists on at least one ratio
+        occlusion = OcclusionSettings.from_config(cfg)
     if ev.occlusion:
-        results["occlusion"] = occlusion_accuracy(
-            classifier, val_loader, ev.occlusion_ratios, device=device, **occlusion
-        )
+        results["occlusion"] = occlusion_accuracy(classifier, val_loader, occlusion, device=device)
         plots.occlusion_curve(results["occlusion"], out_dir / "occlusion.png")
         lap("occlusion")
 
     if ev.cka:
-        ratios = [r for r in ev.occlusion_ratios if r > 0]
+        occluded_only = replace(occlusion, ratios=tuple(r for r in occlusion.ratios if r > 0))
         cka_loader = eval_loader(val_set, data, ev.batch_size, min(ev.cka_images, len(val_set)))
         results["cka"] = occlusion_invariance(
-            classifier.backbone.forward_stages,
-            cka_loader,
-            ratios,
-            debiased=ev.cka_debiased,
-            device=device,
-            **occlusion,
+            classifier.backbone.forward_stages, cka_loader, occluded_only, debiased=ev.cka_debiased, device=device
         )
         plots.cka_curves(results["cka"], out_dir / "cka.png")
         lap("cka")

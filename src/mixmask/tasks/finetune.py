@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from mixmask.config import Config
 from mixmask.data import build_dataset, eval_loader
-from mixmask.data.transforms import eval_transform, finetune_transform
+from mixmask.data.transforms import eval_transform_for, train_transform
 from mixmask.engine import distributed
 from mixmask.engine.run_dir import open_run_dir, write_json
 from mixmask.engine.trainer import StepFn, fit
@@ -45,7 +45,7 @@ def build_classifier(cfg: Config, num_classes: int) -> tuple[Classifier, dict[st
 def validation_accuracy(classifier: Classifier, cfg: Config, device: torch.device) -> dict[str, Any]:
     """Top-k accuracy on the validation split (evaluation transform)."""
     data = cfg.data
-    val = build_dataset(data, "val", eval_transform(data.image_size, data.crop_pct, data.mean, data.std))
+    val = build_dataset(data, "val", eval_transform_for(data))
     classifier.eval()
     outputs = collect(classifier, eval_loader(val, data, cfg.eval.batch_size, cfg.eval.max_images), device, "val")
     return {
@@ -59,7 +59,7 @@ def validation_accuracy(classifier: Classifier, cfg: Config, device: torch.devic
 def knn_accuracy(classifier: Classifier, cfg: Config, device: torch.device) -> dict[str, Any]:
     """Weighted kNN on frozen, pooled backbone features: training images (evaluation transform) as the bank."""
     data, ft = cfg.data, cfg.finetune
-    transform = eval_transform(data.image_size, data.crop_pct, data.mean, data.std)
+    transform = eval_transform_for(data)
     train = build_dataset(data, "train", transform)
     val = build_dataset(data, "val", transform)
     classifier.eval()
@@ -93,7 +93,7 @@ def trained_method(cfg: Config) -> Method:
 def training_set(cfg: Config) -> Dataset:
     """The labelled training images with the finetuning augmentation."""
     data = cfg.data
-    transform = finetune_transform(
+    transform = train_transform(
         data.image_size, tuple(data.finetune_scale), hflip=data.hflip, mean=data.mean, std=data.std
     )
     return build_dataset(data, "train", transform)

@@ -11,21 +11,22 @@ from torch.utils.data import Dataset
 
 from mixmask.config import Config
 from mixmask.data import build_dataset
-from mixmask.data.transforms import eval_transform, pretrain_transform, two_view_transform
+from mixmask.data.transforms import eval_transform_for, train_transform, two_view_transform
 from mixmask.engine import distributed
 from mixmask.engine.distributed import Dist
 from mixmask.engine.run_dir import open_run_dir, write_json
 from mixmask.engine.trainer import EpochSampler, StepFn, fit
-from mixmask.evaluation.reconstruction import reconstruct, save_reconstruction_figure
+from mixmask.evaluation.reconstruction import reconstruct
 from mixmask.masking import MixedMasker
 from mixmask.models.factory import build_pretrain_model, describe
 from mixmask.models.mocov3 import momentum_at
+from mixmask.report.figures import reconstruction_figure
 
 
 def reconstruction_images(cfg: Config, count: int = 8) -> torch.Tensor:
     """A fixed set of validation images (the same for every run of a data set) for figures and PSNR."""
     data = cfg.data
-    dataset = build_dataset(data, "val", eval_transform(data.image_size, data.crop_pct, data.mean, data.std))
+    dataset = build_dataset(data, "val", eval_transform_for(data))
     step = max(1, len(dataset) // count)
     # spread over the set, and off any period of the class order (class folders are sorted, ShapesX cycles)
     return torch.stack([dataset[(i * step + i) % len(dataset)][0] for i in range(min(count, len(dataset)))])
@@ -34,7 +35,7 @@ def reconstruction_images(cfg: Config, count: int = 8) -> torch.Tensor:
 def training_set(cfg: Config, two_views: bool) -> Dataset:
     """The training images with the method's augmentation (two views per image for a two-view method)."""
     data = cfg.data
-    make_transform = two_view_transform if two_views else pretrain_transform
+    make_transform = two_view_transform if two_views else train_transform
     transform = make_transform(
         data.image_size, tuple(data.pretrain_scale), hflip=data.hflip, mean=data.mean, std=data.std
     )
@@ -83,7 +84,7 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | No
         recon.clear()
         for result in reconstruct(inner, masker, shown, data.mean, data.std, seed=cfg.train.seed):
             name = f"epoch{epoch:03d}_p{result['patch_size']}_r{result['ratio']}_s{result['stage']}.png"
-            save_reconstruction_figure(result, run_dir / "reconstructions" / name)
+            reconstruction_figure(result, run_dir / "reconstructions" / name)
             recon.append({k: v for k, v in result.items() if k != "rows"} | {"figure": f"reconstructions/{name}"})
 
     try:
