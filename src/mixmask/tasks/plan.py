@@ -24,7 +24,7 @@ from mixmask.config import Config, load_config, to_dict
 from mixmask.store import ResultsStore
 
 PROBE_STEPS = 6  # optimisation steps a training probe runs (the first ones pay for allocation and loader start)
-PROBE_IMAGES = 64  # images per evaluation in the evaluate probe
+PROBE_IMAGES = 64  # images per evaluation in the evaluate probe's first run (twice as many in its second)
 
 
 @dataclass
@@ -105,26 +105,39 @@ def _training_probe(stage: str, cfg: Config) -> dict[str, float]:
     }
 
 
-def _evaluate_probe(cfg: Config) -> dict[str, float]:
-    """Seconds per image of each evaluation, from the evaluate task run on a fresh classifier with PROBE_IMAGES
-    images per evaluation."""
-    from mixmask.data import build_dataset
+def _evaluate_probe(cfg: Config) -> dict[str, tuple[float, float]]:
+    """``{evaluation: (fixed seconds, seconds per image)}``, from the evaluate task's own evaluations of a fresh
+    classifier run twice, on PROBE_IMAGES and on twice as many images per evaluation: the difference gives the cost
+    per image, the rest is the evaluation's fixed cost (its plot, its data set, the ImageNet-X scoring)."""
     from mixmask.engine import distributed
     from mixmask.models.classifier import Classifier
     from mixmask.tasks.evaluate import evaluate_classifier
 
     device = distributed.setup(cfg.train.device).device
-    probe = _probe_config(cfg, max_images=PROBE_IMAGES, cka_images=PROBE_IMAGES)
-    if probe.data.dataset == "shapesx":
-        probe.data.shapesx.test = PROBE_IMAGES
-        probe.data.shapesx.cue_conflict = PROBE_IMAGES
-    classes = len(build_dataset(probe.data, "val").classes)
-    classifier = Classifier(cfg.model.backbone, classes, image_size=cfg.data.image_size).to(device).eval()
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as folder, _quiet():
-        evaluate_classifier(probe, classifier, device, Path(folder), results, lambda: None)
-    counts = _evaluation_images(probe)
-    return {name: seconds / max(1, counts.get(name, 0)) for name, seconds in results["seconds"].items()}
+    classifier = Classifier(cfg.model.backbone, len(_classes(cfg)), image_size=cfg.data.image_size).to(device).eval()
+    runs = []
+    for images in (PROBE_IMAGES, 2 * PROBE_IMAGES):
+        probe = _probe_config(cfg, max_images=images, cka_images=images)
+        if probe.data.dataset == "shapesx":
+            probe.data.shapesx.test = images
+            probe.data.shapesx.cue_conflict = images
+        results: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory() as folder, _quiet():
+            evaluate_classifier(probe, classifier, device, Path(folder), results, lambda: None)
+        runs.append((_evaluation_images(probe), results["seconds"]))
+    (few, few_seconds), (many, many_seconds) = runs
+    costs = {}
+    for name, seconds in many_seconds.items():
+        added = many.get(name, 0) - few.get(name, 0)
+        per_image = max(0.0, (seconds - few_seconds[name]) / added) if added > 0 else 0.0
+        costs[name] = (max(0.0, seconds - per_image * many.get(name, 0)), per_image)
+    return costs
+
+
+def _classes(cfg: Config) -> list[str]:
+    from mixmask.data import build_dataset
+
+    return build_dataset(cfg.data, "val").classes
 
 
 def _evaluation_images(cfg: Config) -> dict[str, int]:
@@ -186,14 +199,14 @@ def plan(sweep, sweep_dir: str | Path | None = None) -> list[PlanRow]:
                 seconds = timing["fixed"] + steps * timing["per_step"]
             if stage == "finetune":  # the validation pass at the end (kNN: the bank of training images too)
                 accuracy_only = _probe_config(cfg, imagenet_x=False, occlusion=False, cka=False, shape_bias=False)
-                per_image = probe(_key("evaluate", accuracy_only), _evaluate_probe, accuracy_only)["accuracy"]
+                fixed, per_image = probe(_key("evaluate", accuracy_only), _evaluate_probe, accuracy_only)["accuracy"]
                 images = _val_images(cfg) + (_images(cfg, "train") if knn else 0)
-                seconds += images * per_image
+                seconds += fixed + images * per_image
             if stage == "evaluate":
-                per_image = probe(_key("evaluate", cfg), _evaluate_probe, cfg)
+                costs = probe(_key("evaluate", cfg), _evaluate_probe, cfg)
                 counts = _evaluation_images(cfg)
                 images = sum(counts.values())
-                seconds = sum(counts[name] * per_image.get(name, 0.0) for name in counts)
+                seconds = sum(fixed + counts[name] * per_image for name, (fixed, per_image) in costs.items())
             rows.append(PlanRow(variant.name, stage, steps, images, status, 0.0 if status == "done" else seconds))
     return rows
 
@@ -209,6 +222,6 @@ def format_plan(rows: list[PlanRow]) -> str:
     lines.append(f"{'total':<58}{clock(sum(r.seconds for r in rows)):>10}")
     lines.append(
         f"(estimates: each kind of stage timed here with its own code: {PROBE_STEPS} training steps with the real "
-        f"data and loader, {PROBE_IMAGES} images per evaluation)"
+        f"data and loader; each evaluation on {PROBE_IMAGES} and {2 * PROBE_IMAGES} images)"
     )
     return "\n".join(lines)

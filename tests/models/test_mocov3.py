@@ -21,7 +21,7 @@ from mixmask.models.backbone import build_backbone
 from mixmask.models.classifier import Classifier, load_backbone_weights, read_weights
 from mixmask.models.mocov3 import MoCoV3, gather_keys, momentum_at
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_model(temperature: float = 1.0) -> MoCoV3:

@@ -20,7 +20,7 @@ from mixmask.models.a2mim import A2MIM
 from mixmask.models.factory import build_pretrain_model
 from mixmask.tasks.pretrain import pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "data.image_size=32",
     "data.shapesx.train=192",

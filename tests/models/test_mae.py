@@ -17,7 +17,7 @@ from mixmask.models.backbone import build_backbone
 from mixmask.models.classifier import Classifier, load_backbone_weights, read_weights
 from mixmask.models.mae import MAE, patchify, sincos_pos_embed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZE, PATCH = 32, 8  # a 4x4 grid of ViT patches
 
 

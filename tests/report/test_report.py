@@ -24,7 +24,7 @@ from mixmask.tasks.finetune import finetune
 from mixmask.tasks.pretrain import pretrain
 from mixmask.tasks.report import report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMMON = [
     "data.image_size=32",
     "data.num_workers=0",

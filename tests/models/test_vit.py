@@ -15,7 +15,7 @@ from mixmask.models.classifier import Classifier
 from mixmask.models.factory import build_pretrain_model
 from mixmask.tasks.evaluate import reconstruction_results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_VIT = {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
 
 

@@ -8,7 +8,7 @@ from mixmask.store import ResultsStore
 from mixmask.tasks import plan as plan_module
 from mixmask.tasks.plan import format_plan, plan
 from mixmask.tasks.sweep import load_sweep
-from tests.test_sweep import tiny_sweep
+from tests.tasks.test_sweep import tiny_sweep
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
@@ -43,7 +43,7 @@ def test_each_kind_of_stage_is_timed_once_with_the_tasks_own_code(tmp_path, monk
 
 def test_done_stages_cost_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(plan_module, "_training_probe", lambda *a: {"per_step": 1.0, "fixed": 0.0, "train_images": 128})
-    monkeypatch.setattr(plan_module, "_evaluate_probe", lambda *a: {"accuracy": 0.01})  # seconds per image
+    monkeypatch.setattr(plan_module, "_evaluate_probe", lambda *a: {"accuracy": (0.5, 0.01)})  # fixed, per image
     sweep = load_sweep(data=tiny_sweep(variants=[{"name": "scratch", "stages": ["finetune", "evaluate"]}]))
     store = ResultsStore(tmp_path / "results.sqlite")
     store.add_variant("scratch", 0, sweep.variants[0].spec(), {"finetune": "f", "evaluate": "e"})
@@ -52,5 +52,5 @@ def test_done_stages_cost_nothing(tmp_path, monkeypatch):
     store.close()
     rows = plan(sweep, tmp_path)
     assert [(r.stage, r.status) for r in rows] == [("finetune", "done"), ("evaluate", "to run")]
-    assert rows[0].seconds == 0 and rows[1].seconds == pytest.approx(48 * 0.01)  # the accuracy pass on 48 images
+    assert rows[0].seconds == 0 and rows[1].seconds == pytest.approx(0.5 + 48 * 0.01)  # the accuracy pass, 48 images
     assert "0:00:00" in format_plan(rows).splitlines()[1]

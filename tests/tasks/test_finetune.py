@@ -15,7 +15,7 @@ from mixmask.config import ConfigError, load_config
 from mixmask.engine.optim import param_groups
 from mixmask.models.classifier import Classifier, WeightsError, load_backbone_weights, read_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ["data.image_size=32", "data.num_workers=0", "data.shapesx.val=300", "data.shapesx.test=340"]
 PRETRAIN = [
     str(ROOT / "configs/pretrain/a2mim_tiny_shapesx.yaml"),
