@@ -3,7 +3,9 @@
 import subprocess
 import sys
 
-from mixmask.store import ResultsStore
+import pytest
+
+from mixmask.store import ResultsStore, StoreError
 
 
 def test_store_survives_a_write_killed_mid_transaction(tmp_path):
@@ -14,7 +16,9 @@ def test_store_survives_a_write_killed_mid_transaction(tmp_path):
     store.close()
     script = f"""
 import os
-from mixmask.store import ResultsStore
+import pytest
+
+from mixmask.store import ResultsStore, StoreError
 store = ResultsStore({str(path)!r})
 store.connection.execute("BEGIN IMMEDIATE")
 store.connection.execute("UPDATE runs SET status = 'done', results = '{{\\"half\\": 1}}'")
@@ -29,3 +33,15 @@ os._exit(1)  # killed before COMMIT
     assert run["status"] == "running" and run["results"] is None and run["attempts"] == 1
     store.finish("a", "pretrain", {"loss": 0.5}, 1.0)  # and it is writable again
     assert store.run("a", "pretrain")["results"] == {"loss": 0.5}
+
+
+def test_a_variant_recorded_by_an_older_release_resumes_but_a_changed_one_is_refused(tmp_path):
+    store = ResultsStore(tmp_path / "results.sqlite")
+    old = {"configs": {"train": {"epochs": 2}}, "stages": ["pretrain"]}
+    store.add_variant("a", 0, old, {"pretrain": "runs/a/pretrain"})
+    newer = {"configs": {"train": {"epochs": 2, "keep_checkpoints": 2}}, "stages": ["pretrain"]}  # a field added since
+    store.add_variant("a", 0, newer, {"pretrain": "runs/a/pretrain"})
+    assert store.variants()[0]["spec"] == old  # the record stays as it was
+    changed = {"configs": {"train": {"epochs": 3, "keep_checkpoints": 2}}, "stages": ["pretrain"]}
+    with pytest.raises(StoreError, match="recorded with other settings"):
+        store.add_variant("a", 0, changed, {"pretrain": "runs/a/pretrain"})

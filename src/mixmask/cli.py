@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     demo = commands.add_parser(
-        "demo", help="the Mix-and-Mask study on ShapesX (CPU, about 7 minutes), then its HTML report"
+        "demo", help="the Mix-and-Mask study on ShapesX (CPU, about 5 minutes), then its HTML report"
     )
     demo.add_argument("--out", default="mixmask-demo", help="sweep folder (default: mixmask-demo); rerun to resume")
     demo.add_argument("--jobs", type=int, default=1, help="variants run at once, each in its own process")

@@ -78,11 +78,12 @@ class ResultsStore:
 
     def add_variant(self, name: str, position: int, spec: dict, run_dirs: dict[str, str]) -> None:
         """Register a variant and its stage runs as pending; an existing variant keeps its runs' state, but a
-        changed spec is refused (the sweep file changed under a finished run)."""
+        changed spec is refused (the sweep file changed under a finished run). Config fields that a newer mixmask
+        added since the variant was recorded do not count as a change, so a study resumes after an upgrade."""
         with self.transaction():
             row = self.connection.execute("SELECT spec FROM variants WHERE name = ?", (name,)).fetchone()
             text = json.dumps(spec, sort_keys=True)
-            if row is not None and row["spec"] != text:
+            if row is not None and row["spec"] != json.dumps(_known_to(json.loads(row["spec"]), spec), sort_keys=True):
                 raise StoreError(
                     f"variant {name!r} in {self.path} was recorded with other settings; use a new sweep folder "
                     "or a new variant name (recorded: " + row["spec"] + ")"
@@ -148,6 +149,13 @@ class ResultsStore:
 
     def run(self, variant: str, stage: str) -> dict[str, Any] | None:
         return next((r for r in self.runs(variant) if r["stage"] == stage), None)
+
+
+def _known_to(recorded: Any, new: Any) -> Any:
+    """``new`` without the mapping keys that ``recorded`` lacks, at every depth (fields added by a newer release)."""
+    if isinstance(recorded, dict) and isinstance(new, dict):
+        return {key: _known_to(recorded[key], value) for key, value in new.items() if key in recorded}
+    return new
 
 
 class _Transaction:
