@@ -58,3 +58,6 @@ def test_a_new_run_folder_records_the_method_and_an_old_one_still_loads(tmp_path
     (old / "run.json").write_text("{not json")
     with pytest.raises(RecordError, match="is damaged"):
         read_run_info(old)
+    (old / "run.json").write_text(json.dumps({"mixmask": "0.1.0"}))
+    with pytest.raises(RecordError, match="RunInfo field\\(s\\) missing: task, created"):
+        read_run_info(old)

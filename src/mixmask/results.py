@@ -141,9 +141,10 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a mixmask run folder (no run.json)")
     try:
-        return RunInfo.from_json(json.loads(path.read_text()), str(path))
-    except (ValueError, OSError):  # not JSON, or not a run's record
+        data = json.loads(path.read_text())
+    except (ValueError, OSError):  # cut short, not text, not JSON
         raise RecordError(f'{path} is damaged: expected JSON with the run\'s task, as {{"task": "pretrain"}}') from None
+    return RunInfo.from_json(data, str(path))
 
 
 @dataclass
