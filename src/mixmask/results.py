@@ -177,10 +177,6 @@ class Variant:
     planned: dict[str, dict] = field(default_factory=dict)  # stage -> the config the sweep planned for it
 
     @property
-    def stages(self) -> list[str]:
-        return list(self.runs)
-
-    @property
     def label(self) -> str:
         if self.method is not None:
             return self.method.label()

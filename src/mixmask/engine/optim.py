@@ -40,7 +40,7 @@ def build_optimizer(
     ``fused`` (CUDA) applies to AdamW; timm's LARS picks its multi-tensor path on CUDA by itself."""
     groups = param_groups(model, cfg.weight_decay, layer_decay)
     if cfg.name == "lars":
-        from timm.optim import Lars
+        from timm.optim import Lars  # `import timm` does not load timm.optim
 
         return Lars(_lars_groups(groups), lr=lr, momentum=cfg.momentum, trust_coeff=0.001)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)

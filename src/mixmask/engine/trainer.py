@@ -210,7 +210,7 @@ def fit(
     step_ends: list[float] = []  # wall clock at the end of each optimisation step of this call
     model.train()
     try:
-        while epoch < train.epochs and not (max_steps and step >= max_steps):
+        while epoch < train.epochs:
             sampler.set_epoch(epoch, skip_batches=position)
             epoch_skipped: list[dict[str, str]] = []
             for batch in loader:

@@ -95,20 +95,6 @@ class A2MIM(nn.Module):
         auto_stage = 0 if isinstance(backbone, ViTBackbone) or cfg.model.method == "simmim" else None
         return MixedMasker.from_config(cfg.masking, backbone.strides, seed=cfg.train.seed, auto_stage=auto_stage)
 
-    @classmethod
-    def from_config(cls, cfg: Config, backbone: Backbone | ViTBackbone, masker: MixedMasker) -> A2MIM:
-        """The model of a config; ``masker`` (from ``A2MIM.masker``) says which stages get a token."""
-        return cls(
-            backbone,
-            masker.stages,
-            cfg.loss,
-            fill=cfg.masking.fill,
-            token_mode=cfg.model.token_mode,
-            gamma_init=cfg.model.token_gamma_init,
-            decoder=cfg.model.decoder,
-            token_lr_scale=cfg.optim.token_lr_scale,
-        )
-
     def no_weight_decay(self) -> set[str]:
         """Mask tokens and gammas take no weight decay (official code); tensors of <= 1 dimension never do."""
         return {f"mask_tokens.{k}" for k in self.mask_tokens} | {f"mask_gammas.{k}" for k in self.mask_gammas}

@@ -25,8 +25,18 @@ def build_pretrain_model(cfg: Config) -> tuple[nn.Module, MixedMasker | None]:
         return MoCoV3(backbone, cfg.model.mocov3), None
     if cfg.model.method == "mae":
         return MAE(backbone, cfg.model.mae, norm_pix=cfg.loss.norm_pix), MAE.masker(cfg, backbone)
-    masker = A2MIM.masker(cfg, backbone)
-    return A2MIM.from_config(cfg, backbone, masker), masker
+    masker = A2MIM.masker(cfg, backbone)  # A2MIM, and SimMIM at SimMIM's settings
+    model = A2MIM(
+        backbone,
+        masker.stages,
+        cfg.loss,
+        fill=cfg.masking.fill,
+        token_mode=cfg.model.token_mode,
+        gamma_init=cfg.model.token_gamma_init,
+        decoder=cfg.model.decoder,
+        token_lr_scale=cfg.optim.token_lr_scale,
+    )
+    return model, masker
 
 
 def describe(cfg: Config, model: nn.Module, masker: MixedMasker | None) -> Method:
