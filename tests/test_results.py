@@ -7,7 +7,18 @@ import pytest
 from mixmask.config import load_config
 from mixmask.engine.run_dir import new_run_dir
 from mixmask.models.factory import build_pretrain_model, describe
-from mixmask.results import Method, RecordError, RunInfo, Strategy, read_run_info
+from mixmask.results import (
+    EvaluateResults,
+    Factors,
+    Method,
+    RecordError,
+    RunInfo,
+    Skipped,
+    Strategy,
+    read_results,
+    read_run_info,
+    results_from_json,
+)
 
 P8 = (Strategy("random", 8, 0.75, 0),)
 
@@ -61,3 +72,68 @@ def test_a_new_run_folder_records_the_method_and_an_old_one_still_loads(tmp_path
     (old / "run.json").write_text(json.dumps({"mixmask": "0.1.0"}))
     with pytest.raises(RecordError, match="RunInfo field\\(s\\) missing: task, created"):
         read_run_info(old)
+
+
+# an evaluation's results.json as this release writes it (a ShapesX demo run, two factors and one stage kept)
+EVALUATION = {
+    "run": "runs/p4/finetune",
+    "run_task": "finetune",
+    "settings": {"topk": [1, 5], "min_factor_images": 30},
+    "data": {"dataset": "shapesx", "root": "", "image_size": 64},
+    "seconds": {"load": 0.07, "accuracy": 0.9},
+    "accuracy": {"top1": 0.83, "top5": 0.928, "images": 500, "split": "val"},
+    "unreadable_images": [],
+    "factors": {
+        "average": 0.636,
+        "worst_factor": "style",
+        "images": 1280,
+        "thin": ["style"],
+        "settings": {"source": "shapesx", "which_factor": "top", "filter_prototypes": True, "min_count": 30},
+        "factors": {
+            "pose": {"accuracy": 0.9375, "error_ratio": 0.17, "count": 80, "correct": 75, "ci95": [0.86, 0.97],
+                     "thin": False},
+            "style": {"accuracy": 0.4, "error_ratio": 1.6, "count": 20, "correct": 8, "ci95": [0.22, 0.61],
+                      "thin": True},
+        },
+    },  # fmt: skip
+    "occlusion": {"ratios": [0.0, 0.5], "accuracy": [0.83, 0.268], "correct": [415, 134], "images": 500,
+                  "patch_size": 5, "fill": "zero", "seed": 0},  # fmt: skip
+    "cka": {"ratios": [0.5], "stages": {"0": [0.95]}, "images": 300, "patch_size": 5, "fill": "zero",
+            "debiased": False, "seed": 0},  # fmt: skip
+    "shape_bias": {"skipped": "shape bias needs the ShapesX cue-conflict split"},
+    "reconstruction": [{"strategy": 0, "patch_size": 4, "ratio": 0.6, "stage": 1, "psnr_masked": 16.9,
+                        "figure": "reconstructions/p4_r0.6_s1.png", "images": "reconstructions/p4_r0.6_s1.safetensors"}],
+    "reconstruction_run": "runs/p4/pretrain",
+    "task": "evaluate",
+}  # fmt: skip
+
+
+def test_metric_records_read_what_evaluation_writes_and_write_it_back_unchanged():
+    record = results_from_json(EVALUATION)
+    assert isinstance(record, EvaluateResults) and record.accuracy.top1 == 0.83 and record.accuracy.images == 500
+    assert isinstance(record.factors, Factors) and record.factors.min_count == 30
+    assert record.factors.factors["style"].thin and record.factors.factors["pose"].ci95 == (0.86, 0.97)
+    assert record.occlusion.accuracy_at(0.5) == 0.268 and record.occlusion.accuracy_at(0.3) is None
+    assert record.shape_bias == Skipped("shape bias needs the ShapesX cue-conflict split")
+    assert record.reconstruction[0].stage == 1
+    assert json.loads(json.dumps(record.to_json())) == EVALUATION
+    not_measured = {k: v for k, v in EVALUATION.items() if k not in ("cka", "occlusion", "reconstruction")}
+    assert results_from_json(not_measured).cka is None and "cka" not in results_from_json(not_measured).to_json()
+
+
+def test_a_results_file_that_is_not_what_it_says_fails_in_one_line(tmp_path):
+    with pytest.raises(RecordError, match="unknown OcclusionCurve field\\(s\\) colour"):
+        results_from_json(EVALUATION | {"occlusion": EVALUATION["occlusion"] | {"colour": "red"}})
+    with pytest.raises(RecordError, match="factors.pose: FactorCell field\\(s\\) missing: correct"):
+        bad = {k: v for k, v in EVALUATION["factors"]["factors"]["pose"].items() if k != "correct"}
+        results_from_json(EVALUATION | {"factors": EVALUATION["factors"] | {"factors": {"pose": bad}}})
+    with pytest.raises(RecordError, match="task pretrain, finetune or evaluate, got 'train'"):
+        results_from_json({"task": "train"})
+    with pytest.raises(FileNotFoundError, match="has no results.json"):
+        read_results(tmp_path)
+    (tmp_path / "results.json").write_text('{"task": "eval')
+    with pytest.raises(RecordError, match="is damaged"):
+        read_results(tmp_path)
+    old = {"task": "pretrain", "method": "a2mim", "steps": 4, "epochs": 1, "final_loss": {"loss": 0.1}}
+    (tmp_path / "results.json").write_text(json.dumps(old))  # as 0.1.0 wrote it: no timings, no reconstructions
+    assert read_results(tmp_path).seconds == {} and read_results(tmp_path).reconstruction == []

@@ -7,6 +7,10 @@ them. Nothing downstream re-derives them from configs.
 - ``RunInfo``: a run folder's ``run.json`` (task, mixmask version, creation time, seed, method).
 - ``StageRun``: one stage of a study variant as the store and the report see it (status, folder, timing, the run's
   ``results.json``).
+- The metrics of a run's ``results.json``, each with the settings that produced it: ``Accuracy``, ``Factors`` (one
+  ``FactorCell`` per ImageNet-X factor), ``OcclusionCurve``, ``CKACurves``, ``ShapeBias``, ``Reconstruction``, and
+  ``Skipped`` for a metric that does not apply; ``PretrainResults``, ``FinetuneResults`` and ``EvaluateResults`` are
+  the three files. ``read_results`` / ``results_from_json`` turn a file back into its record.
 
 Records are plain frozen dataclasses with ``to_json`` / ``from_json``; ``from_json`` refuses unknown or missing
 fields with one line (``RecordError``) instead of guessing.
@@ -15,7 +19,8 @@ fields with one line (``RecordError``) instead of guessing.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +165,7 @@ class StageRun:
     finished: float | None = None
     seconds: float | None = None
     error: str | None = None
-    results: dict[str, Any] | None = None
+    results: RunResults | None = None
     info: RunInfo | None = None  # the run folder's run.json, when it has one
 
 
@@ -177,6 +182,11 @@ class Variant:
     planned: dict[str, dict] = field(default_factory=dict)  # stage -> the config the sweep planned for it
 
     @property
+    def evaluation(self) -> EvaluateResults | None:
+        """The evaluate stage's results when it is done."""
+        return self.results("evaluate")
+
+    @property
     def label(self) -> str:
         if self.method is not None:
             return self.method.label()
@@ -187,7 +197,301 @@ class Variant:
         run = self.runs.get(stage)
         return run.status if run else None
 
-    def results(self, stage: str) -> dict[str, Any] | None:
-        """The stage's ``results.json`` when it is done, else None."""
+    def results(self, stage: str) -> RunResults | None:
+        """The stage's ``results.json`` record when it is done, else None."""
         run = self.runs.get(stage)
         return run.results if run is not None and run.status == "done" else None
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+TOPK = re.compile(r"^top\d+$")
+
+
+def _optional(cls, data: Any, where: str):
+    return None if data is None else cls.from_json(data, where)
+
+
+def _json(value: Any) -> Any:
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    return value
+
+
+class _Record:
+    """``to_json`` / ``from_json`` of a flat record (fields that are plain JSON values)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: _json(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str):
+        return _build(cls, data, where)
+
+
+@dataclass(frozen=True)
+class Skipped(_Record):
+    """A metric that does not apply to this run, and why (``{"skipped": "..."}``)."""
+
+    skipped: str
+
+
+def _metric(cls, data: Any, where: str):
+    """``cls`` from JSON, ``Skipped`` when the metric was skipped, None when absent."""
+    if isinstance(data, dict) and set(data) == {"skipped"}:
+        return Skipped.from_json(data, where)
+    return _optional(cls, data, where)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-k accuracy on ``images`` images of a split; in JSON the top-k values sit next to ``images`` and ``split``
+    (``{"top1": 0.83, "top5": 0.93, "images": 500, "split": "val"}``). ``unreadable``: images that could not be
+    read (finetuning records them here; evaluation next to the accuracy)."""
+
+    topk: dict[str, float]
+    images: int | None = None
+    split: str = "val"
+    unreadable: list[dict] | None = None
+
+    @property
+    def top1(self) -> float | None:
+        return self.topk.get("top1")
+
+    def to_json(self) -> dict[str, Any]:
+        out = {**self.topk, "images": self.images, "split": self.split}
+        return out | ({"unreadable": self.unreadable} if self.unreadable is not None else {})
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "accuracy") -> Accuracy:
+        if not isinstance(data, dict):
+            raise RecordError(f"{where}: expected a mapping for Accuracy, got {type(data).__name__}")
+        topk = {k: v for k, v in data.items() if TOPK.match(k)}
+        rest = {k: v for k, v in data.items() if k not in topk}
+        return _build(cls, {"topk": topk, **rest}, where)
+
+
+@dataclass(frozen=True)
+class FactorCell(_Record):
+    """One factor: accuracy on the ``count`` images showing it (95 % Wilson interval), and its error ratio
+    (factor error / overall error); ``thin`` when ``count`` is below the evaluation's min_count."""
+
+    accuracy: float | None
+    error_ratio: float | None
+    count: int
+    correct: int
+    ci95: tuple[float | None, float | None]
+    thin: bool
+
+
+@dataclass(frozen=True)
+class Factors:
+    """ImageNet-X style factor results (``mixmask.evaluation.imagenet_x.FactorResults.to_dict``): ``settings`` says
+    which annotations and options produced them (source, which_factor, filter_prototypes, min_count, counts)."""
+
+    average: float
+    worst_factor: str
+    images: int
+    thin: tuple[str, ...]
+    settings: dict[str, Any]
+    factors: dict[str, FactorCell]
+
+    @property
+    def min_count(self) -> int | None:
+        value = self.settings.get("min_count")
+        return int(value) if isinstance(value, int | float) else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: _json(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "factors") -> Factors:
+        record = _build(cls, data, where)
+        if not isinstance(record.factors, dict):
+            raise RecordError(f"{where}.factors: expected a mapping from factor to its numbers")
+        cells = {
+            name: FactorCell.from_json({**cell, "ci95": tuple(cell.get("ci95") or (None, None))}, f"{where}.{name}")
+            if isinstance(cell, dict)
+            else FactorCell.from_json(cell, f"{where}.{name}")
+            for name, cell in record.factors.items()
+        }
+        return replace(record, thin=tuple(record.thin), factors=cells)
+
+
+@dataclass(frozen=True)
+class OcclusionCurve(_Record):
+    """Top-1 accuracy with ``ratios`` of the ``patch_size`` px patches occluded (filled with ``fill``; masks drawn
+    from ``seed``) on the same ``images`` images; ``correct`` per ratio."""
+
+    ratios: list[float]
+    accuracy: list[float | None]
+    correct: list[int]
+    images: int
+    patch_size: int
+    fill: str
+    seed: int
+
+    def accuracy_at(self, ratio: float) -> float | None:
+        return next((a for r, a in zip(self.ratios, self.accuracy, strict=False) if abs(r - ratio) < 1e-9), None)
+
+
+@dataclass(frozen=True)
+class CKACurves(_Record):
+    """CKA between clean and occluded features per backbone stage (``stages``: stage -> one value per ratio)."""
+
+    ratios: list[float]
+    stages: dict[str, list[float | None]]
+    images: int
+    patch_size: int
+    fill: str
+    debiased: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class ShapeBias(_Record):
+    """Cue-conflict shape bias: shape decisions / (shape + texture decisions), overall and ``per_class``
+    (``{class: {shape_bias, shape, texture, images}}``)."""
+
+    shape_bias: float | None
+    shape_decisions: int
+    texture_decisions: int
+    images: int
+    shape_or_texture_fraction: float
+    per_class: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Reconstruction(_Record):
+    """Masked-pixel PSNR of one masking strategy (index ``strategy``) on fixed images; ``figure`` and ``images``
+    (the uint8 image rows, evaluation only) are paths relative to the run folder."""
+
+    strategy: int
+    patch_size: int
+    ratio: float
+    stage: int | None
+    psnr_masked: float
+    figure: str
+    images: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        return out if self.images else {k: v for k, v in out.items() if k != "images"}
+
+
+def _reconstructions(data: Any, where: str) -> list[Reconstruction]:
+    if not isinstance(data, list):
+        raise RecordError(f"{where}: expected a list of reconstructions, got {type(data).__name__}")
+    return [Reconstruction.from_json(r, f"{where}[{i}]") for i, r in enumerate(data)]
+
+
+@dataclass
+class PretrainResults(_Record):
+    """A pretraining run's ``results.json``: its training summary and the reconstructions of its last epoch."""
+
+    method: str
+    steps: int
+    epochs: int
+    final_loss: dict[str, float]
+    reconstruction: list[Reconstruction] = field(default_factory=list)
+    unreadable_images: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # train, per_step
+    task: str = "pretrain"
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "results.json") -> PretrainResults:
+        record = _build(cls, data, where)
+        return replace(record, reconstruction=_reconstructions(record.reconstruction, f"{where}: reconstruction"))
+
+
+@dataclass
+class FinetuneResults(_Record):
+    """A finetuning run's ``results.json``: what it started from (``init``), its training summary and its
+    validation accuracy (for a kNN probe, ``knn`` holds the probe's settings and ``accuracy`` its top-k)."""
+
+    probe: str
+    init: dict[str, Any]
+    classes: list[str]
+    accuracy: Accuracy | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    final_loss: dict[str, float] | None = None
+    unreadable_images: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    knn: dict[str, Any] | None = None
+    task: str = "finetune"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_json().items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "results.json") -> FinetuneResults:
+        record = _build(cls, data, where)
+        return replace(record, accuracy=_optional(Accuracy, record.accuracy, f"{where}: accuracy"))
+
+
+@dataclass
+class EvaluateResults(_Record):
+    """An evaluation's ``results.json``: the evaluated run, the ``eval`` settings and data it ran with, the wall time
+    of each evaluation, and each metric it measured (None: not switched on or not reached yet)."""
+
+    run: str
+    run_task: str
+    settings: dict[str, Any]
+    data: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+    accuracy: Accuracy | None = None
+    unreadable_images: list[dict] = field(default_factory=list)
+    factors: Factors | Skipped | None = None
+    occlusion: OcclusionCurve | None = None
+    cka: CKACurves | None = None
+    shape_bias: ShapeBias | Skipped | None = None
+    reconstruction: list[Reconstruction] | None = None
+    reconstruction_run: str | None = None
+    task: str = "evaluate"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_json().items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "results.json") -> EvaluateResults:
+        r = _build(cls, data, where)
+        return replace(
+            r,
+            accuracy=_optional(Accuracy, r.accuracy, f"{where}: accuracy"),
+            factors=_metric(Factors, r.factors, f"{where}: factors"),
+            occlusion=_optional(OcclusionCurve, r.occlusion, f"{where}: occlusion"),
+            cka=_optional(CKACurves, r.cka, f"{where}: cka"),
+            shape_bias=_metric(ShapeBias, r.shape_bias, f"{where}: shape_bias"),
+            reconstruction=None
+            if r.reconstruction is None
+            else _reconstructions(r.reconstruction, f"{where}: reconstruction"),
+        )
+
+
+RunResults = PretrainResults | FinetuneResults | EvaluateResults
+RESULTS = {"pretrain": PretrainResults, "finetune": FinetuneResults, "evaluate": EvaluateResults}
+
+
+def results_from_json(data: Any, where: str = "results.json") -> RunResults:
+    """The record of a ``results.json`` payload, chosen by its ``task``."""
+    task = data.get("task") if isinstance(data, dict) else None
+    if task not in RESULTS:
+        raise RecordError(f"{where}: expected results with task pretrain, finetune or evaluate, got {task!r}")
+    return RESULTS[task].from_json(data, where)
+
+
+def read_results(run_dir: str | Path) -> RunResults:
+    """A run folder's ``results.json`` as its record; FileNotFoundError or RecordError in one line."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no results.json (the run has not finished)")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError):
+        raise RecordError(f"{path} is damaged: expected the run's results as JSON") from None
+    return results_from_json(data, str(path))

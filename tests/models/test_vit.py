@@ -177,7 +177,7 @@ def test_vit_pretrain_cli_run_and_its_reconstructions_are_saved(tmp_path):
     overrides += ["train.batch_size=32", "train.epochs=1", "masking.strategies=[{patch_size: 16, ratio: 0.5}]"]
     assert main(["pretrain", config, *overrides, "--out", str(run)]) == 0
     [result] = reconstruction_results(run, tmp_path / "eval", torch.device("cpu"))
-    assert (result["patch_size"], result["stage"]) == (16, 0) and 5 < result["psnr_masked"] < 60
-    rows = load_file(tmp_path / "eval" / result["images"])
+    assert (result.patch_size, result.stage) == (16, 0) and 5 < result.psnr_masked < 60
+    rows = load_file(tmp_path / "eval" / result.images)
     assert set(rows) == {"masked", "prediction", "pasted", "original"}
     assert all(row.dtype == torch.uint8 and row.shape[1:] == (3, 32, 32) for row in rows.values())

@@ -8,6 +8,7 @@ from PIL import Image
 
 from mixmask.report.figures import reconstruction_figure
 from mixmask.report.plots import cka_curves, error_ratio_bars, factor_accuracy_bars, occlusion_curve, shape_bias_bars
+from mixmask.results import CKACurves, Factors, OcclusionCurve, ShapeBias
 
 
 def factor_results(shift=0.0):
@@ -19,51 +20,42 @@ def factor_results(shift=0.0):
     }
     for f in factors.values():
         f.setdefault("thin", f["count"] < 10)
-    return {
-        "average": 0.71 + shift,
-        "worst_factor": "style",
-        "images": 425,
-        "thin": ["style", "person_blocking"],
-        "factors": factors,
-    }
+    return Factors.from_json(
+        {
+            "average": 0.71 + shift,
+            "worst_factor": "style",
+            "images": 425,
+            "thin": ["style", "person_blocking"],
+            "settings": {"source": "shapesx", "min_count": 10},
+            "factors": factors,
+        }
+    )
 
 
 def occlusion_results(drop=0.0):
-    return {
-        "ratios": [0.0, 0.2, 0.4, 0.6],
-        "accuracy": [0.9, 0.7 - drop, None, 0.2],
-        "images": 100,
-        "patch_size": 2,
-        "fill": "zero",
-        "seed": 0,
-    }
+    accuracy = [0.9, 0.7 - drop, None, 0.2]
+    correct = [round(100 * a) if a is not None else 0 for a in accuracy]
+    return OcclusionCurve([0.0, 0.2, 0.4, 0.6], accuracy, correct, images=100, patch_size=2, fill="zero", seed=0)
 
 
 def cka_results():
-    return {
-        "ratios": [0.0, 0.3, 0.6],
-        "stages": {"0": [1.0, 0.8, 0.5], "1": [1.0, 0.7, None], "2": [1.0, 0.9, 0.85]},
-        "images": 64,
-        "patch_size": 4,
-        "fill": "mean",
-        "debiased": False,
-        "seed": 0,
-    }
+    stages = {"0": [1.0, 0.8, 0.5], "1": [1.0, 0.7, None], "2": [1.0, 0.9, 0.85]}
+    return CKACurves([0.0, 0.3, 0.6], stages, images=64, patch_size=4, fill="mean", debiased=False, seed=0)
 
 
 def shape_results(bias=0.4):
-    return {
-        "shape_bias": bias,
-        "shape_decisions": 40,
-        "texture_decisions": 60,
-        "images": 120,
-        "shape_or_texture_fraction": 100 / 120,
-        "per_class": {
+    return ShapeBias(
+        shape_bias=bias,
+        shape_decisions=40,
+        texture_decisions=60,
+        images=120,
+        shape_or_texture_fraction=100 / 120,
+        per_class={
             "circle": {"shape_bias": 0.5, "shape": 10, "texture": 10, "images": 25},
             "square": {"shape_bias": 0.2, "shape": 4, "texture": 16, "images": 22},
             "triangle": {"shape_bias": None, "shape": 0, "texture": 0, "images": 3},
         },
-    }
+    )
 
 
 def check_png(path):
@@ -95,7 +87,7 @@ def test_writes_a_png(tmp_path, plot, results):
 
 def test_titles_can_be_set_and_bad_input_is_named(tmp_path):
     check_png(factor_accuracy_bars(factor_results(), str(tmp_path / "a.png"), title="ShapesX test, A2MIM"))
-    with pytest.raises(ValueError, match="factors"):
+    with pytest.raises(ValueError, match="expected a Factors record"):
         error_ratio_bars({"A2MIM": {"accuracy": 1}}, tmp_path / "b.png")
 
 

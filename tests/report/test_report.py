@@ -18,6 +18,7 @@ from mixmask import __version__
 from mixmask.cli import main
 from mixmask.config import load_config, to_dict
 from mixmask.report import collect, tables
+from mixmask.results import results_from_json
 from mixmask.store import ResultsStore
 from mixmask.tasks.evaluate import evaluate, evaluation_config
 from mixmask.tasks.finetune import finetune
@@ -108,6 +109,15 @@ def built(sweep) -> Path:
     return report(sweep)
 
 
+@pytest.mark.slow
+def test_every_results_file_reads_as_its_record_and_writes_back_unchanged(sweep):
+    files = sorted(sweep.glob("runs/*/*/results.json"))
+    assert len(files) == 8  # two pretrainings, three finetunings, three evaluations
+    for file in files:
+        data = json.loads(file.read_text())
+        assert results_from_json(data, str(file)).to_json() == data
+
+
 def _evaluate_results(sweep: Path, name: str) -> dict:
     return json.loads((sweep / "runs" / name / "evaluate" / "results.json").read_text())
 
@@ -131,8 +141,8 @@ def test_table1_numbers_are_the_evaluate_results_in_percent(sweep):
             elif column == "blocking":  # pooled: summed correct over summed counts
                 parts = [factors["object_blocking"], factors["person_blocking"]]
                 correct, count = sum(p["correct"] for p in parts), sum(p["count"] for p in parts)
-                assert row["cells"]["blocking"]["accuracy"] == pytest.approx(correct / count)
-                assert count == 20 and not row["cells"]["blocking"]["thin"]  # 20 >= min_factor_images=15
+                assert row["cells"]["blocking"].accuracy == pytest.approx(correct / count)
+                assert count == 20 and not row["cells"]["blocking"].thin  # 20 >= min_factor_images=15
                 assert cell == f"{100 * correct / count:.1f}"
             else:  # 10 images per factor < 15: every single factor is thin
                 assert factors[column]["thin"]
@@ -271,12 +281,17 @@ def test_report_command_on_a_sweep_that_has_not_run_yet(tmp_path, capsys):
     config = to_dict(load_config(ROOT / "configs/pretrain/a2mim_tiny_shapesx.yaml"))
     spec = {"stages": ["pretrain"], "overrides": {}, "description": "", "configs": {"pretrain": config}}
     store.add_variant("p32", 0, spec, {"pretrain": "runs/p32/pretrain"})
+    store.add_variant("damaged", 1, spec, {"pretrain": "runs/damaged/pretrain"})
+    store.start("damaged", "pretrain")  # results written by a release that recorded something this one cannot read
+    store.finish("damaged", "pretrain", {"task": "pretrain", "method": "a2mim", "steps": "four"}, 2.0)
     store.close()
     assert main(["report", str(tmp_path)]) == 0
     assert f"report: {(tmp_path / 'report' / 'report.html').resolve()}" in capsys.readouterr().out
     page = (tmp_path / "report" / "report.html").read_text()
     assert "p32" in page and "pending" in page
     assert "p32" in (tmp_path / "report" / "table1.md").read_text()
+    damaged = page[page.index('id="variant-damaged"') :]
+    assert "status-damaged" in damaged and "PretrainResults field(s) missing: epochs, final_loss" in damaged
 
 
 def test_no_store_and_no_runs_is_a_clear_error(tmp_path):

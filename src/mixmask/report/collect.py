@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mixmask.config import Config, ConfigError, load_config
-from mixmask.results import Method, RecordError, StageRun, Variant, read_run_info
+from mixmask.results import Method, RecordError, RunResults, StageRun, Variant, read_run_info, results_from_json
 from mixmask.store import ResultsStore
 
 
@@ -82,24 +82,40 @@ def method_of(runs: dict[str, StageRun], planned: dict[str, dict]) -> Method | N
     return described(stage, _config(run.run_dir, planned.get(stage)))
 
 
+def _results(data: dict | None, where: str) -> tuple[RunResults | None, str | None]:
+    """The results record, or None and the one line that says why it cannot be read."""
+    if data is None:
+        return None, None
+    try:
+        return results_from_json(data, where), None
+    except RecordError as error:
+        return None, str(error)
+
+
 def _stage_run(stage: str, row: dict[str, Any], run_dir: Path | None) -> StageRun:
+    status, error = row["status"], row.get("error")
+    results = None
+    if status == "done":
+        results, damaged = _results(row.get("results"), f"{row['variant']}/{stage} results")
+        status, error = ("damaged", damaged) if damaged else (status, error)
     return StageRun(
         stage=stage,
-        status=row["status"],
+        status=status,
         run_dir=run_dir,
         attempts=row.get("attempts"),
         started=row.get("started"),
         finished=row.get("finished"),
         seconds=row.get("seconds"),
-        error=row.get("error"),
-        results=row.get("results") if row["status"] == "done" else None,
+        error=error,
+        results=results,
         info=_info(run_dir),
     )
 
 
-def _extra_run(stage: str, run_dir: Path, results: dict | None) -> StageRun:
-    status = "done" if results is not None else "missing"
-    return StageRun(stage, status, run_dir, results=results, info=_info(run_dir))
+def _extra_run(stage: str, run_dir: Path, data: dict | None) -> StageRun:
+    results, damaged = _results(data, str(run_dir / "results.json"))
+    status = "damaged" if damaged else "done" if results is not None else "missing"
+    return StageRun(stage, status, run_dir, error=damaged, results=results, info=_info(run_dir))
 
 
 def extra_variant(folder: Path, taken: set[str]) -> Variant:

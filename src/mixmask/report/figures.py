@@ -25,23 +25,20 @@ def _reconstruction_rows(variants: list[Variant]) -> list[dict[str, Any]]:
     """Every saved reconstruction of every variant's evaluate stage: label, PSNR and its uint8 image rows."""
     entries = []
     for v in variants:
-        evaluate = v.results("evaluate") or {}
-        folder = v.runs["evaluate"].run_dir if "evaluate" in v.runs else None
-        recs = [r for r in evaluate.get("reconstruction") or [] if isinstance(r, dict) and r.get("images")]
-        for rec in recs:
-            file = Path(folder) / rec["images"] if folder is not None else None
+        evaluation = v.evaluation
+        folder = v.runs["evaluate"].run_dir if evaluation is not None else None
+        for rec in (evaluation.reconstruction or []) if evaluation is not None else []:
+            file = Path(folder) / rec.images if folder is not None and rec.images else None
             if file is None or not file.is_file():
                 continue
             images = load_file(str(file))
             if "pasted" not in images or "original" not in images:
                 continue
-            label = f"{v.name}: patch {rec.get('patch_size')} / {rec.get('ratio')}"
+            label = f"{v.name}: patch {rec.patch_size} / {rec.ratio}"
             strategies = v.method.strategies if v.method is not None else ()
-            if isinstance(rec.get("strategy"), int) and rec["strategy"] < len(strategies):
-                label = f"{v.name}: {strategies[rec['strategy']].label(with_stage=False)}"
-            detail = f"stage {rec.get('stage')}" + (
-                f", {rec['psnr_masked']:.1f} dB" if isinstance(rec.get("psnr_masked"), float | int) else ""
-            )
+            if rec.strategy < len(strategies):
+                label = f"{v.name}: {strategies[rec.strategy].label(with_stage=False)}"
+            detail = f"stage {rec.stage}, {rec.psnr_masked:.1f} dB"
             entries.append({"variant": v.name, "label": label, "detail": detail, "images": images})
     return entries
 

@@ -96,7 +96,7 @@ p.missing { color: var(--muted); font-style: italic; }
 .status-done { background: #e3f4e6; color: #1d6b2c; border-color: #b5dfbd; }
 .status-pending { background: #eef0f3; color: #4d5761; border-color: #d0d5db; }
 .status-running { background: #e5eefb; color: #1f4f95; border-color: #b8cdef; }
-.status-failed { background: #fbe5e5; color: #8a1c1c; border-color: #eab3b3; }
+.status-failed, .status-damaged { background: #fbe5e5; color: #8a1c1c; border-color: #eab3b3; }
 .status-missing, .status-unknown { background: #fff4df; color: #7a5200; border-color: #edd3a0; }
 details.variant { border: 1px solid var(--line); border-radius: 6px; padding: 0.4rem 0.8rem; margin: 0.5rem 0; }
 details.variant > summary { cursor: pointer; font-weight: 600; }
@@ -194,7 +194,9 @@ def config_text(variant: Variant, stage: str) -> tuple[str, str] | None:
 def _stage_table(variant: Variant) -> str:
     rows = []
     for stage, run in variant.runs.items():
-        top1 = ((variant.results(stage) or {}).get("accuracy") or {}).get("top1")
+        results = variant.results(stage)
+        accuracy = getattr(results, "accuracy", None)  # pretraining has none
+        top1 = accuracy.top1 if accuracy is not None else None
         rows.append(
             "<tr>"
             f'<th scope="row">{_e(stage)}</th><td>{status_badge(run.status)}</td>'
@@ -212,7 +214,7 @@ def _stage_table(variant: Variant) -> str:
     out = f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>\n'
     for stage, run in variant.runs.items():
         if run.error:
-            out += f'<p>{_e(stage)} failed with:</p><pre class="error">{_e(run.error)}</pre>\n'
+            out += f'<p>{_e(stage)} ({_e(run.status)}):</p><pre class="error">{_e(run.error)}</pre>\n'
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mixmask.evaluation.imagenet_x import FACTORS, wilson_interval
-from mixmask.results import Variant
+from mixmask.results import EvaluateResults, FactorCell, Factors, Reconstruction, Variant
 
 STAGES = ("pretrain", "finetune", "evaluate")
 TABLE1_FACTORS: tuple[str, ...] = (
@@ -79,59 +79,45 @@ def stage_state(variant: Variant, stage: str) -> str:
     return run.status or "unknown"
 
 
-def factors_of(variant: Variant) -> dict | None:
+def factors_of(variant: Variant) -> Factors | None:
     """The evaluate stage's factor results, or None (not done, skipped, or not measured)."""
-    factors = (variant.results("evaluate") or {}).get("factors")
-    return factors if isinstance(factors, dict) and "factors" in factors else None
+    evaluation = variant.evaluation
+    return evaluation.factors if evaluation is not None and isinstance(evaluation.factors, Factors) else None
 
 
 def _factors_note(variant: Variant) -> str | None:
-    evaluate = variant.results("evaluate")
+    evaluation = variant.evaluation
     status = variant.status("evaluate")
     if status is None:
         return "no evaluate stage"
-    if evaluate is None:
+    if evaluation is None:
         return f"evaluate {status}"
-    factors = evaluate.get("factors")
-    if isinstance(factors, dict) and "skipped" in factors:
-        return f"factors skipped: {factors['skipped']}"
-    if factors is None:
+    if evaluation.factors is None:
         return "factors not measured"
+    if not isinstance(evaluation.factors, Factors):
+        return f"factors skipped: {evaluation.factors.skipped}"
     return None
 
 
-def _min_count(factors: dict | None) -> int | None:
-    value = ((factors or {}).get("settings") or {}).get("min_count")
-    return int(value) if isinstance(value, int | float) else None
+EMPTY_CELL = FactorCell(accuracy=None, error_ratio=None, count=0, correct=0, ci95=(None, None), thin=False)
 
 
-def factor_cell(factors: dict | None, name: str) -> dict[str, Any]:
-    """``{accuracy, count, correct, ci95, thin}`` of one factor, ``blocking`` pooled from object and person
-    blocking (summed correct over summed images, its own Wilson interval, thin when the pooled count is below the
-    evaluation's min_count)."""
-    empty = {"accuracy": None, "count": None, "correct": None, "ci95": [None, None], "thin": False}
+def factor_cell(factors: Factors | None, name: str) -> FactorCell:
+    """One factor's cell (empty when missing), ``blocking`` pooled from object and person blocking (summed correct
+    over summed images, its own Wilson interval, thin when the pooled count is below the evaluation's min_count)."""
     if factors is None:
-        return empty
-    entries = factors["factors"]
+        return EMPTY_CELL
     if name != "blocking":
-        entry = entries.get(name)
-        return empty if entry is None else {k: entry.get(k, empty[k]) for k in empty}
-    parts = [entries[p] for p in BLOCKING_PARTS if p in entries]
+        return factors.factors.get(name, EMPTY_CELL)
+    parts = [factors.factors[p] for p in BLOCKING_PARTS if p in factors.factors]
     if not parts:
-        return empty
-    count = sum(int(p.get("count") or 0) for p in parts)
-    correct = sum(int(p.get("correct") or 0) for p in parts)
-    min_count = _min_count(factors)
-    thin = count < min_count if min_count is not None else any(p.get("thin") for p in parts)
-    low, high = wilson_interval(correct, count)
-    nan_free = [None if math.isnan(x) else x for x in (low, high)]
-    return {
-        "accuracy": correct / count if count else None,
-        "count": count,
-        "correct": correct,
-        "ci95": nan_free,
-        "thin": thin,
-    }
+        return EMPTY_CELL
+    count, correct = sum(p.count for p in parts), sum(p.correct for p in parts)
+    min_count = factors.min_count
+    thin = count < min_count if min_count is not None else any(p.thin for p in parts)
+    low, high = (None if math.isnan(x) else x for x in wilson_interval(correct, count))
+    accuracy = correct / count if count else None
+    return FactorCell(accuracy=accuracy, error_ratio=None, count=count, correct=correct, ci95=(low, high), thin=thin)
 
 
 def _markdown(header: list[str], body: list[list[str]], footnotes: list[str], label_columns: int = 2) -> str:
@@ -159,28 +145,23 @@ def _write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Pa
 
 
 def table1(variants: list[Variant]) -> list[dict[str, Any]]:
-    """One row per variant: ``{variant, masking, status, note, min_count, cells: {column: factor_cell}}``, where
+    """One row per variant: ``{variant, masking, status, note, min_count, cells: {column: FactorCell}}``, where
     the ``val_top1`` cell holds the evaluate stage's top-1 validation accuracy."""
     rows = []
     for v in variants:
         factors = factors_of(v)
         cells = {name: factor_cell(factors, name) for name in (*TABLE1_FACTORS, *OTHER_FACTORS)}
-        accuracy = (v.results("evaluate") or {}).get("accuracy") or {}
-        cells["val_top1"] = {
-            "accuracy": accuracy.get("top1"),
-            "count": accuracy.get("images"),
-            "correct": None,
-            "ci95": [None, None],
-            "thin": False,
-        }
+        accuracy = v.evaluation.accuracy if v.evaluation is not None else None
+        top1, images = (accuracy.top1, accuracy.images or 0) if accuracy is not None else (None, 0)
+        cells["val_top1"] = FactorCell(top1, None, images, 0, (None, None), False)
         rows.append(
             {
                 "variant": v.name,
                 "masking": v.label,
                 "status": v.status("evaluate"),
                 "note": _factors_note(v),
-                "min_count": _min_count(factors),
-                "settings": (factors or {}).get("settings") or {},
+                "min_count": factors.min_count if factors else None,
+                "settings": factors.settings if factors else {},
                 "cells": cells,
             }
         )
@@ -204,7 +185,7 @@ def table1_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]
         cells = [name, r["masking"]]
         for column in TABLE1_COLUMNS:
             cell = r["cells"][column]
-            cells.append(pct(cell["accuracy"]) + (THIN if cell["thin"] and cell["accuracy"] is not None else ""))
+            cells.append(pct(cell.accuracy) + (THIN if cell.thin and cell.accuracy is not None else ""))
         body.append(cells)
     sources = sorted(
         {f"{s.get('source', '?')}, {s.get('which_factor', 'top')} factor" for r in rows for s in [r["settings"]] if s}
@@ -234,8 +215,8 @@ def table1_csv(rows: list[dict], path: str | Path) -> Path:
     header = ["variant", "masking", "evaluate_status", *TABLE1_COLUMNS, "thin", "min_count"]
     out = []
     for r in rows:
-        values = [pct(r["cells"][c]["accuracy"]).replace(MISSING, "") for c in TABLE1_COLUMNS]
-        thin = ";".join(c for c in TABLE1_COLUMNS if r["cells"][c]["thin"])
+        values = [pct(r["cells"][c].accuracy).replace(MISSING, "") for c in TABLE1_COLUMNS]
+        thin = ";".join(c for c in TABLE1_COLUMNS if r["cells"][c].thin)
         out.append([r["variant"], r["masking"], r["status"] or "", *values, thin, r["min_count"] or ""])
     return _write_csv(path, header, out)
 
@@ -253,17 +234,16 @@ def counts(variants: list[Variant]) -> list[dict[str, Any]]:
             continue
         for name in (*FACTORS, "blocking"):
             cell = factor_cell(factors, name)
-            low, high = (cell["ci95"] or [None, None])[:2]
             rows.append(
                 {
                     "variant": v.name,
                     "factor": name,
-                    "count": cell["count"],
-                    "correct": cell["correct"],
-                    "accuracy": cell["accuracy"],
-                    "ci_low": low,
-                    "ci_high": high,
-                    "thin": bool(cell["thin"]),
+                    "count": cell.count,
+                    "correct": cell.correct,
+                    "accuracy": cell.accuracy,
+                    "ci_low": cell.ci95[0],
+                    "ci_high": cell.ci95[1],
+                    "thin": cell.thin,
                 }
             )
     return rows
@@ -312,54 +292,52 @@ def counts_csv(rows: list[dict], path: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------------ summary
 
 
-def occlusion_error_ratio(evaluate: dict | None, ratio: float = OCCLUSION_RATIO) -> float | None:
+def occlusion_error_ratio(evaluation: EvaluateResults | None, ratio: float = OCCLUSION_RATIO) -> float | None:
     """``(1 - accuracy with ``ratio`` of the patches occluded) / (1 - clean accuracy)``, the clean accuracy being
     the occlusion curve's own point at ratio 0 (the same images), else the evaluate stage's top-1. 1.0: occlusion
     costs nothing; 2.0: twice the clean error. None when ``ratio`` was not measured or the clean error is 0."""
-    occlusion = (evaluate or {}).get("occlusion")
-    if not isinstance(occlusion, dict) or "ratios" not in occlusion:
+    occlusion = evaluation.occlusion if evaluation is not None else None
+    if occlusion is None:
         return None
-    points = dict(zip(occlusion["ratios"], occlusion["accuracy"], strict=False))
-    occluded = next((a for r, a in points.items() if abs(r - ratio) < 1e-9), None)
-    clean = next((a for r, a in points.items() if abs(r) < 1e-9), None)
-    if clean is None:
-        clean = ((evaluate or {}).get("accuracy") or {}).get("top1")
+    occluded, clean = occlusion.accuracy_at(ratio), occlusion.accuracy_at(0.0)
+    if clean is None and evaluation.accuracy is not None:
+        clean = evaluation.accuracy.top1
     if occluded is None or clean is None or clean >= 1:
         return None
     return (1 - occluded) / (1 - clean)
 
 
-def psnr(variant: Variant) -> list[dict[str, Any]]:
+def psnr(variant: Variant) -> list[Reconstruction]:
     """Masked-pixel PSNR per strategy: from the evaluate stage (the sweep's shared images), else from pretraining."""
-    entries = (variant.results("evaluate") or {}).get("reconstruction")
-    if not entries:
-        entries = (variant.results("pretrain") or {}).get("reconstruction")
-    return [e for e in entries or [] if isinstance(e, dict) and e.get("psnr_masked") is not None]
+    evaluation, pretraining = variant.evaluation, variant.results("pretrain")
+    if evaluation is not None and evaluation.reconstruction:
+        return evaluation.reconstruction
+    return pretraining.reconstruction if pretraining is not None else []
 
 
 def summary(variants: list[Variant]) -> list[dict[str, Any]]:
     """One row per variant of headline numbers (fractions and seconds; None where missing)."""
     rows = []
     for v in variants:
-        evaluate = v.results("evaluate") or {}
+        evaluation, finetuning = v.evaluation, v.results("finetune")
         factors = factors_of(v)
-        shape = evaluate.get("shape_bias")
-        worst = (factors or {}).get("worst_factor")
-        texture = factor_cell(factors, "texture") if factors else {}
+        shape = evaluation.shape_bias if evaluation is not None else None
+        worst = factors.worst_factor if factors else None
+        texture = factor_cell(factors, "texture")
         rows.append(
             {
                 "variant": v.name,
                 "masking": v.label,
-                "val_top1": (evaluate.get("accuracy") or {}).get("top1"),
-                "finetune_top1": ((v.results("finetune") or {}).get("accuracy") or {}).get("top1"),
-                "factor_average": (factors or {}).get("average"),
+                "val_top1": evaluation.accuracy.top1 if evaluation and evaluation.accuracy else None,
+                "finetune_top1": finetuning.accuracy.top1 if finetuning and finetuning.accuracy else None,
+                "factor_average": factors.average if factors else None,
                 "worst_factor": worst,
-                "worst_factor_accuracy": factor_cell(factors, worst)["accuracy"] if worst else None,
-                "texture_error_ratio": (factors or {}).get("factors", {}).get("texture", {}).get("error_ratio"),
-                "texture_thin": bool(texture.get("thin")),
-                "occlusion_error_ratio": occlusion_error_ratio(evaluate),
-                "shape_bias": shape.get("shape_bias") if isinstance(shape, dict) else None,
-                "psnr": [(e.get("patch_size"), e.get("ratio"), e["psnr_masked"]) for e in psnr(v)],
+                "worst_factor_accuracy": factor_cell(factors, worst).accuracy if worst else None,
+                "texture_error_ratio": texture.error_ratio,
+                "texture_thin": texture.thin,
+                "occlusion_error_ratio": occlusion_error_ratio(evaluation),
+                "shape_bias": getattr(shape, "shape_bias", None),  # None when skipped
+                "psnr": [(e.patch_size, e.ratio, e.psnr_masked) for e in psnr(v)],
                 "status": {stage: run.status for stage, run in v.runs.items()},
                 "seconds": {stage: run.seconds for stage, run in v.runs.items()},
                 "stage_cells": {s: stage_state(v, s) for s in STAGES},

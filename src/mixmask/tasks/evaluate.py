@@ -13,7 +13,6 @@ import re
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -33,6 +32,16 @@ from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
 from mixmask.models.classifier import Classifier, classes_in, read_weights
 from mixmask.report import plots
 from mixmask.report.figures import reconstruction_figure
+from mixmask.results import (
+    Accuracy,
+    CKACurves,
+    EvaluateResults,
+    Factors,
+    OcclusionCurve,
+    Reconstruction,
+    ShapeBias,
+    Skipped,
+)
 
 WNID = re.compile(r"^n\d{8}$")
 
@@ -104,7 +113,7 @@ def factor_results(
     return imagenet_x.evaluate(val_predictions, wnids=classes, **options)
 
 
-def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.device) -> list[dict[str, Any]]:
+def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.device) -> list[Reconstruction]:
     """Masked-pixel PSNR per strategy of a pretraining run, with its figure grids."""
     from mixmask.models.factory import build_pretrain_model
     from mixmask.tasks.pretrain import reconstruction_images
@@ -124,18 +133,18 @@ def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.devi
         # (contiguous: a ViT's decoder output is a channels-last view, which safetensors refuses)
         rows = {name: (row * 255).round().to(torch.uint8).cpu().contiguous() for name, row in result["rows"].items()}
         save_file(rows, out_dir / f"{stem}.safetensors")
-        saved = {"figure": f"{stem}.png", "images": f"{stem}.safetensors"}
-        results.append({k: v for k, v in result.items() if k != "rows"} | saved)
+        scores = {k: v for k, v in result.items() if k != "rows"}
+        results.append(Reconstruction(**scores, figure=f"{stem}.png", images=f"{stem}.safetensors"))
     return results
 
 
 def evaluate_classifier(
-    cfg: Config, classifier: Classifier, device: torch.device, out_dir: Path, results: dict[str, Any], save
+    cfg: Config, classifier: Classifier, device: torch.device, out_dir: Path, results: EvaluateResults, save
 ) -> None:
     """The evaluations of a classifier that ``cfg.eval`` switches on, into ``results`` (``save()`` after each), with
-    their plots in ``out_dir`` and the wall time of each in ``results["seconds"]``."""
+    their plots in ``out_dir`` and the wall time of each in ``results.seconds``."""
     ev, data = cfg.eval, cfg.data
-    seconds = results.setdefault("seconds", {})
+    seconds = results.seconds
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -147,50 +156,51 @@ def evaluate_classifier(
     val_set = build_dataset(data, "val", transform)
     val_loader = eval_loader(val_set, data, ev.batch_size, ev.max_images)
     val_outputs = collect(classifier, val_loader, device, "val")
-    results["accuracy"] = topk_accuracy(val_outputs.values, val_outputs.labels, ev.topk)
-    results["accuracy"] |= {"images": len(val_outputs.labels), "split": "val"}
-    results["unreadable_images"] = [{"path": s.path, "error": s.error} for s in val_outputs.skipped]
+    results.accuracy = Accuracy(topk_accuracy(val_outputs.values, val_outputs.labels, ev.topk), len(val_outputs.labels))
+    results.unreadable_images = [{"path": s.path, "error": s.error} for s in val_outputs.skipped]
     val_predictions = write_predictions(out_dir / "val_predictions.csv", val_set, val_outputs)
-    print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in results["accuracy"].items() if k.startswith("top")))
+    print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in results.accuracy.topk.items()))
     lap("accuracy")
 
     if ev.imagenet_x:
         factors = factor_results(cfg, classifier, val_set, val_predictions, out_dir, device)
         if isinstance(factors, str):
-            results["factors"] = {"skipped": factors}
+            results.factors = Skipped(factors)
             print(f"factors skipped: {factors}")
         else:
-            results["factors"] = factors.to_dict()
-            plots.factor_accuracy_bars(results["factors"], out_dir / "factor_accuracy.png")
-            plots.error_ratio_bars(results["factors"], out_dir / "error_ratio.png")
+            results.factors = Factors.from_json(factors.to_dict())
+            plots.factor_accuracy_bars(results.factors, out_dir / "factor_accuracy.png")
+            plots.error_ratio_bars(results.factors, out_dir / "error_ratio.png")
             print(factors.table())
         lap("factors")
 
     if ev.occlusion or ev.cka:  # built only when used: it insists on at least one ratio
         occlusion = OcclusionSettings.from_config(cfg)
     if ev.occlusion:
-        results["occlusion"] = occlusion_accuracy(classifier, val_loader, occlusion, device=device)
-        plots.occlusion_curve(results["occlusion"], out_dir / "occlusion.png")
+        results.occlusion = OcclusionCurve(**occlusion_accuracy(classifier, val_loader, occlusion, device=device))
+        plots.occlusion_curve(results.occlusion, out_dir / "occlusion.png")
         lap("occlusion")
 
     if ev.cka:
         occluded_only = replace(occlusion, ratios=tuple(r for r in occlusion.ratios if r > 0))
         cka_loader = eval_loader(val_set, data, ev.batch_size, min(ev.cka_images, len(val_set)))
-        results["cka"] = occlusion_invariance(
-            classifier.backbone.forward_stages, cka_loader, occluded_only, debiased=ev.cka_debiased, device=device
+        results.cka = CKACurves(
+            **occlusion_invariance(
+                classifier.backbone.forward_stages, cka_loader, occluded_only, debiased=ev.cka_debiased, device=device
+            )
         )
-        plots.cka_curves(results["cka"], out_dir / "cka.png")
+        plots.cka_curves(results.cka, out_dir / "cka.png")
         lap("cka")
 
     if ev.shape_bias:
         if data.dataset == "shapesx":
             cue_conflict = build_dataset(data, "cue_conflict", transform)
             predicted, shapes, textures = cue_conflict_predictions(classifier, cue_conflict, ev.batch_size, device)
-            results["shape_bias"] = shape_bias(predicted, shapes, textures, cue_conflict.classes)
-            plots.shape_bias_bars(results["shape_bias"], out_dir / "shape_bias.png")
-            print(f"shape bias: {results['shape_bias']['shape_bias']:.3f}")
+            results.shape_bias = ShapeBias(**shape_bias(predicted, shapes, textures, cue_conflict.classes))
+            plots.shape_bias_bars(results.shape_bias, out_dir / "shape_bias.png")
+            print(f"shape bias: {results.shape_bias.shape_bias:.3f}")
         else:
-            results["shape_bias"] = {"skipped": "shape bias needs the ShapesX cue-conflict split"}
+            results.shape_bias = Skipped("shape bias needs the ShapesX cue-conflict split")
         lap("shape_bias")
 
 
@@ -202,17 +212,20 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     device = distributed.setup(cfg.train.device).device
     ev, data = cfg.eval, cfg.data
-    results: dict[str, Any] = {"task": "evaluate", "run": str(run_dir), "run_task": task, "settings": to_dict(ev)}
-    results["data"] = {"dataset": data.dataset, "root": data.root, "image_size": data.image_size}
-    results["seconds"] = {}  # wall time of each evaluation: the dry-run plan scales these
+    results = EvaluateResults(
+        run=str(run_dir),
+        run_task=task,
+        settings=to_dict(ev),
+        data={"dataset": data.dataset, "root": data.root, "image_size": data.image_size},
+    )  # results.seconds: the wall time of each evaluation, which the dry-run plan scales
 
     def save() -> None:  # after every metric: a crash late in a long evaluation keeps what was measured
-        write_json(out_dir / "results.json", results)
+        write_json(out_dir / "results.json", results.to_json())
 
     if task == "finetune":
         start = time.perf_counter()
         classifier = load_classifier(cfg, run_dir, device)
-        results["seconds"]["load"] = time.perf_counter() - start
+        results.seconds["load"] = time.perf_counter() - start
         evaluate_classifier(cfg, classifier, device, out_dir, results, save)
 
     pretrain_run = run_dir if task == "pretrain" else Path(cfg.finetune.init) if cfg.finetune.init else None
@@ -223,9 +236,9 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
         and run_task(pretrain_run) == "pretrain"
     ):
         start = time.perf_counter()
-        results["reconstruction"] = reconstruction_results(pretrain_run, out_dir, device)
-        results["reconstruction_run"] = str(pretrain_run)
-        results["seconds"]["reconstruction"] = time.perf_counter() - start
+        results.reconstruction = reconstruction_results(pretrain_run, out_dir, device)
+        results.reconstruction_run = str(pretrain_run)
+        results.seconds["reconstruction"] = time.perf_counter() - start
         save()
 
     save()

@@ -24,7 +24,7 @@ from mixmask.engine.trainer import StepFn, fit
 from mixmask.evaluation.classification import collect, knn_predict, topk_accuracy
 from mixmask.models.classifier import Classifier, load_backbone_weights
 from mixmask.models.factory import supervised
-from mixmask.results import Method, read_run_info
+from mixmask.results import TOPK, Accuracy, FinetuneResults, Method, read_run_info
 
 
 def build_classifier(cfg: Config, num_classes: int) -> tuple[Classifier, dict[str, Any]]:
@@ -42,18 +42,17 @@ def build_classifier(cfg: Config, num_classes: int) -> tuple[Classifier, dict[st
     return classifier, init
 
 
-def validation_accuracy(classifier: Classifier, cfg: Config, device: torch.device) -> dict[str, Any]:
+def validation_accuracy(classifier: Classifier, cfg: Config, device: torch.device) -> Accuracy:
     """Top-k accuracy on the validation split (evaluation transform)."""
     data = cfg.data
     val = build_dataset(data, "val", eval_transform_for(data))
     classifier.eval()
     outputs = collect(classifier, eval_loader(val, data, cfg.eval.batch_size, cfg.eval.max_images), device, "val")
-    return {
-        **topk_accuracy(outputs.values, outputs.labels, cfg.eval.topk),
-        "images": len(outputs.labels),
-        "split": "val",
-        "unreadable": [{"path": s.path, "error": s.error} for s in outputs.skipped],
-    }
+    return Accuracy(
+        topk_accuracy(outputs.values, outputs.labels, cfg.eval.topk),
+        images=len(outputs.labels),
+        unreadable=[{"path": s.path, "error": s.error} for s in outputs.skipped],
+    )
 
 
 def knn_accuracy(classifier: Classifier, cfg: Config, device: torch.device) -> dict[str, Any]:
@@ -119,24 +118,26 @@ def finetune(cfg: Config, out: str | Path | None = None, resume: str | Path | No
     classifier, init = build_classifier(cfg, len(train_set.classes))  # bad weights fail before a run folder exists
     run_dir = open_run_dir(cfg, "finetune", dist, out, resume, trained_method(cfg))
 
-    results: dict[str, Any] = {"task": "finetune", "probe": ft.probe, "init": init, "classes": list(train_set.classes)}
+    results = FinetuneResults(probe=ft.probe, init=init, classes=list(train_set.classes))
     try:
         if ft.probe == "knn":
             if dist.main:
                 classifier.to(dist.device)
-                results["knn"] = knn_accuracy(classifier, cfg, dist.device)
-                results["accuracy"] = {k: v for k, v in results["knn"].items() if k.startswith("top")}
+                results.knn = knn_accuracy(classifier, cfg, dist.device)
+                topk = {k: v for k, v in results.knn.items() if TOPK.match(k)}
+                results.accuracy = Accuracy(topk, images=results.knn["images"])
         else:
             step_fn = step_function(cfg)
             summary = fit(cfg, run_dir, classifier, train_set, step_fn, dist, None, "finetune", ft.layer_decay)
             if dist.main:
-                results |= {"steps": summary["steps"], "epochs": summary["epochs"], "final_loss": summary["final"]}
-                results["unreadable_images"] = summary["unreadable"]
-                results["seconds"] = {"train": summary["seconds"], "per_step": summary["seconds_per_step"]}
-                results["accuracy"] = validation_accuracy(classifier, cfg, dist.device)
+                results.steps, results.epochs = summary["steps"], summary["epochs"]
+                results.final_loss = summary["final"]
+                results.unreadable_images = summary["unreadable"]
+                results.seconds = {"train": summary["seconds"], "per_step": summary["seconds_per_step"]}
+                results.accuracy = validation_accuracy(classifier, cfg, dist.device)
         if dist.main:
-            write_json(run_dir / "results.json", results)
-            top = ", ".join(f"{k} {v:.4f}" for k, v in results["accuracy"].items() if k.startswith("top"))
+            write_json(run_dir / "results.json", results.to_json())
+            top = ", ".join(f"{k} {v:.4f}" for k, v in results.accuracy.topk.items())
             print(f"validation: {top}")
             print(f"done: {run_dir / 'results.json'}")
     finally:

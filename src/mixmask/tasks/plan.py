@@ -111,6 +111,7 @@ def _evaluate_probe(cfg: Config) -> dict[str, tuple[float, float]]:
     per image, the rest is the evaluation's fixed cost (its plot, its data set, the ImageNet-X scoring)."""
     from mixmask.engine import distributed
     from mixmask.models.classifier import Classifier
+    from mixmask.results import EvaluateResults
     from mixmask.tasks.evaluate import evaluate_classifier
 
     device = distributed.setup(cfg.train.device).device
@@ -121,10 +122,10 @@ def _evaluate_probe(cfg: Config) -> dict[str, tuple[float, float]]:
         if probe.data.dataset == "shapesx":
             probe.data.shapesx.test = images
             probe.data.shapesx.cue_conflict = images
-        results: dict[str, Any] = {}
+        results = EvaluateResults(run="", run_task="plan", settings={}, data={})
         with tempfile.TemporaryDirectory() as folder, _quiet():
             evaluate_classifier(probe, classifier, device, Path(folder), results, lambda: None)
-        runs.append((_evaluation_images(probe), results["seconds"]))
+        runs.append((_evaluation_images(probe), results.seconds))
     (few, few_seconds), (many, many_seconds) = runs
     costs = {}
     for name, seconds in many_seconds.items():

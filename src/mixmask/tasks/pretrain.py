@@ -4,7 +4,6 @@ A2MIM (CNN or ViT, free or mixed masking), SimMIM, MAE (ViT) or MoCo v3 (two vie
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -21,6 +20,7 @@ from mixmask.masking import MixedMasker
 from mixmask.models.factory import build_pretrain_model, describe
 from mixmask.models.mocov3 import momentum_at
 from mixmask.report.figures import reconstruction_figure
+from mixmask.results import PretrainResults, Reconstruction
 
 
 def reconstruction_images(cfg: Config, count: int = 8) -> torch.Tensor:
@@ -75,7 +75,7 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | No
     data = cfg.data
     shown = reconstruction_images(cfg).to(dist.device) if dist.main and not model.two_views else None
     step_fn = step_function(cfg, model, masker, dist, len(dataset))
-    recon: list[dict[str, Any]] = []
+    recon: list[Reconstruction] = []
 
     def on_epoch_end(epoch: int, inner: torch.nn.Module) -> None:
         every = cfg.train.reconstruction_every_epochs
@@ -85,22 +85,22 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | No
         for result in reconstruct(inner, masker, shown, data.mean, data.std, seed=cfg.train.seed):
             name = f"epoch{epoch:03d}_p{result['patch_size']}_r{result['ratio']}_s{result['stage']}.png"
             reconstruction_figure(result, run_dir / "reconstructions" / name)
-            recon.append({k: v for k, v in result.items() if k != "rows"} | {"figure": f"reconstructions/{name}"})
+            scores = {k: v for k, v in result.items() if k != "rows"}
+            recon.append(Reconstruction(**scores, figure=f"reconstructions/{name}"))
 
     try:
         summary = fit(cfg, run_dir, model, dataset, step_fn, dist, on_epoch_end, description="pretrain")
         if dist.main:
-            results = {
-                "task": "pretrain",
-                "method": cfg.model.method,
-                "steps": summary["steps"],
-                "epochs": summary["epochs"],
-                "final_loss": summary["final"],
-                "reconstruction": recon,
-                "unreadable_images": summary["unreadable"],
-                "seconds": {"train": summary["seconds"], "per_step": summary["seconds_per_step"]},
-            }
-            write_json(run_dir / "results.json", results)
+            results = PretrainResults(
+                method=cfg.model.method,
+                steps=summary["steps"],
+                epochs=summary["epochs"],
+                final_loss=summary["final"],
+                reconstruction=recon,
+                unreadable_images=summary["unreadable"],
+                seconds={"train": summary["seconds"], "per_step": summary["seconds_per_step"]},
+            )
+            write_json(run_dir / "results.json", results.to_json())
             print(f"done: {run_dir / 'results.json'}")
     finally:
         distributed.cleanup()

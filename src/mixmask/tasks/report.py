@@ -10,19 +10,19 @@ import time
 from pathlib import Path
 
 from mixmask.report import collect, figures, html, plots, tables
-from mixmask.results import Variant
+from mixmask.results import CKACurves, OcclusionCurve, ShapeBias, Variant
 
 
 def _say(message: str) -> None:
     print(f"report: {message}", flush=True)
 
 
-def _by_variant(variants: list[Variant], metric: str, key: str) -> dict[str, dict]:
-    """``{variant: evaluate results[metric]}`` for the variants that have that metric (recognised by ``key``)."""
+def _by_variant(variants: list[Variant], metric: str, kind: type) -> dict:
+    """``{variant: its evaluation's metric}`` for the variants that measured it (a ``kind`` record, not skipped)."""
     out = {}
     for v in variants:
-        value = (v.results("evaluate") or {}).get(metric)
-        if isinstance(value, dict) and key in value:
+        value = getattr(v.evaluation, metric, None)
+        if isinstance(value, kind):
             out[v.name] = value
     return out
 
@@ -53,9 +53,9 @@ def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path
     factors = {v.name: f for v in variants if (f := tables.factors_of(v)) is not None}
     plan = [
         ("figure2", "figure2_error_ratios.png", factors, plots.error_ratio_bars),
-        ("occlusion", "occlusion.png", _by_variant(variants, "occlusion", "ratios"), plots.occlusion_curve),
-        ("cka", "cka.png", _by_variant(variants, "cka", "stages"), plots.cka_curves),
-        ("shape-bias", "shape_bias.png", _by_variant(variants, "shape_bias", "per_class"), plots.shape_bias_bars),
+        ("occlusion", "occlusion.png", _by_variant(variants, "occlusion", OcclusionCurve), plots.occlusion_curve),
+        ("cka", "cka.png", _by_variant(variants, "cka", CKACurves), plots.cka_curves),
+        ("shape-bias", "shape_bias.png", _by_variant(variants, "shape_bias", ShapeBias), plots.shape_bias_bars),
     ]
     for key, name, data, draw in plan:
         target = out_dir / name

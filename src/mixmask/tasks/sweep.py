@@ -57,7 +57,10 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 @dataclass
-class Variant:
+class PlannedVariant:
+    """A variant as the sweep file plans it: its stages and their resolved configs (what to run). What ran is read
+    back from the store and the run folders as ``mixmask.results.Variant`` records."""
+
     name: str
     stages: list[str]
     overrides: dict[str, list[str]]  # stage -> the variant's own overrides
@@ -78,7 +81,7 @@ class Sweep:
     file: Path | None
     text: str
     nproc: int
-    variants: list[Variant]
+    variants: list[PlannedVariant]
 
 
 def _error(where: str, message: str) -> ConfigError:
@@ -128,7 +131,7 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
     if not isinstance(raw_variants, list) or not raw_variants:
         raise _error("`variants`", f"got {raw_variants!r}; expected a non-empty list of variants")
 
-    variants: list[Variant] = []
+    variants: list[PlannedVariant] = []
     for i, raw in enumerate(raw_variants):
         where = f"variant {i}"
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not NAME.match(raw["name"]):
@@ -145,7 +148,7 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
         if stages[0] == "evaluate":
             raise _error(f"{where}, `stages`", "evaluate needs a pretrain or finetune stage before it")
         own_bases = {stage: raw[stage] for stage in STAGES if isinstance(raw.get(stage), str)}
-        variant = Variant(
+        variant = PlannedVariant(
             raw["name"],
             stages,
             {
@@ -181,7 +184,7 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
     return Sweep(name, str(data.get("description", "")), Path(path) if path else None, text, nproc, variants)
 
 
-def _stage_config(stage: str, bases: dict[str, dict], common: list[str], variant: Variant) -> Config:
+def _stage_config(stage: str, bases: dict[str, dict], common: list[str], variant: PlannedVariant) -> Config:
     own = variant.overrides[stage]
     if stage != "evaluate":
         return load_config(None, [*common, *own], base=variant.bases.get(stage, bases[stage]))
@@ -194,7 +197,7 @@ def _stage_config(stage: str, bases: dict[str, dict], common: list[str], variant
 # ------------------------------------------------------------------------------------------------------- running
 
 
-def run_dirs(sweep_dir: Path, variant: Variant) -> dict[str, Path]:
+def run_dirs(sweep_dir: Path, variant: PlannedVariant) -> dict[str, Path]:
     return {stage: sweep_dir / "runs" / variant.name / stage for stage in variant.stages}
 
 
@@ -268,7 +271,7 @@ def run_stage(stage: str, cfg: Config, run_dir: Path, nproc: int = 1) -> dict[st
     return json.loads((run_dir / "results.json").read_text())
 
 
-def run_variant(sweep: Sweep, variant: Variant, sweep_dir: Path, store: ResultsStore) -> bool:
+def run_variant(sweep: Sweep, variant: PlannedVariant, sweep_dir: Path, store: ResultsStore) -> bool:
     """Every unfinished stage of ``variant`` in order; stops at the first failure. True when all are done."""
     dirs = run_dirs(sweep_dir, variant)
     with locked(sweep_dir / "runs" / variant.name / ".lock"):
@@ -312,7 +315,7 @@ def run_sweep(sweep: Sweep, sweep_dir: str | Path, jobs: int = 1, only: str | No
         store.close()
 
 
-def _run_parallel(sweep: Sweep, variants: list[Variant], sweep_dir: Path, jobs: int, store: ResultsStore) -> int:
+def _run_parallel(sweep: Sweep, variants: list[PlannedVariant], sweep_dir: Path, jobs: int, store: ResultsStore) -> int:
     source = str(sweep.file) if sweep.file else None
     if source is None:  # an inline sweep: the children read it from the sweep folder
         source = str(sweep_dir / "sweep.yaml")
