@@ -1,0 +1,179 @@
+"""Paired comparisons of two models on the same images: McNemar's exact test for accuracies, a paired bootstrap over
+images for ratios (error ratio, shape bias), a hierarchical bootstrap (seeds, then images) for the mean difference
+over replicate seeds, and Holm's correction across a table's rows.
+
+A metric is a *statistic* of per-image columns: ``statistic(columns, index) -> values``, where ``columns`` maps names
+to arrays with one entry per image (``correct``, ``shape``, ...) and ``index`` is an ``(R, n)`` array of image
+indices (one resample per row; ``np.arange(n)[None]`` for the observed value). The two models' columns must be
+aligned image by image: the resamples draw the same images for both, which is what makes the comparison paired.
+
+Choices, written down: bootstrap intervals are percentile intervals; a bootstrap p-value is the two-sided
+``2 * min(P(d <= 0), P(d >= 0))`` of the resampled differences with the +1 correction of Davison & Hinkley, so it
+is never 0; McNemar's interval for the accuracy difference is the Wald interval of a paired difference of
+proportions (the p-value is exact). scipy provides the binomial test; the bootstraps are here because scipy's
+``bootstrap`` has no hierarchical form and no p-value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binomtest
+
+Columns = dict[str, np.ndarray]
+Statistic = Callable[[Columns, np.ndarray], np.ndarray]
+Z95 = 1.959963984540054
+RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A model against a reference on the same images: both values, their difference (model minus reference), its
+    95 % interval and two-sided p-value, the test that produced them and how much data it saw."""
+
+    test: str  # mcnemar | bootstrap | hierarchical_bootstrap
+    value: float
+    reference_value: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_images: int
+    n_seeds: int = 1
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def accuracy(columns: Columns, index: np.ndarray) -> np.ndarray:
+    """Share of correct images (column ``correct``)."""
+    return columns["correct"][index].mean(axis=1)
+
+
+def error_ratio(factor: str) -> Statistic:
+    """ImageNet-X's error ratio of ``factor``: its images' error over the error of all annotated images (columns
+    ``correct`` and ``factor/<name>``, one boolean per image). NaN in a resample without a factor image or an
+    error."""
+
+    def statistic(columns: Columns, index: np.ndarray) -> np.ndarray:
+        correct, shows = columns["correct"][index], columns[f"factor/{factor}"][index]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            factor_error = 1 - (correct & shows).sum(axis=1) / shows.sum(axis=1)
+            return factor_error / (1 - correct.mean(axis=1))
+
+    return statistic
+
+
+def shape_bias(columns: Columns, index: np.ndarray) -> np.ndarray:
+    """Shape decisions over shape-or-texture decisions on cue-conflict images (columns ``shape``, ``texture``)."""
+    shape, texture = columns["shape"][index].sum(axis=1), columns["texture"][index].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return shape / (shape + texture)
+
+
+def observed(statistic: Statistic, columns: Columns) -> float:
+    n = len(next(iter(columns.values())))
+    return float(statistic(columns, np.arange(n)[None])[0])
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+def mcnemar(reference_correct: np.ndarray, correct: np.ndarray) -> PairedTest:
+    """McNemar's exact test of two accuracies on the same images: the discordant pairs (``b``: only the model is
+    right, ``c``: only the reference) are Binomial(b + c, 1/2) when both are equally accurate."""
+    reference_correct, correct = np.asarray(reference_correct, bool), np.asarray(correct, bool)
+    _check_paired(reference_correct, correct)
+    n = len(correct)
+    b, c = int((correct & ~reference_correct).sum()), int((reference_correct & ~correct).sum())
+    difference = (b - c) / n
+    half = Z95 * np.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+    p_value = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+    return PairedTest(
+        "mcnemar", correct.mean(), reference_correct.mean(), difference, difference - half, difference + half,
+        float(p_value), n,
+    )  # fmt: skip
+
+
+def paired_bootstrap(
+    statistic: Statistic, reference: Columns, columns: Columns, resamples: int = RESAMPLES, seed: int = 0
+) -> PairedTest:
+    """The statistic's difference (model minus reference) with a percentile interval from ``resamples`` resamples
+    of the images, the same images for both models."""
+    n = _check_columns(reference, columns)
+    index = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    differences = statistic(columns, index) - statistic(reference, index)
+    value, reference_value = observed(statistic, columns), observed(statistic, reference)
+    return _from_resamples("bootstrap", value, reference_value, differences, n, 1)
+
+
+def hierarchical_bootstrap(
+    statistic: Statistic,
+    pairs: Sequence[tuple[Columns, Columns]],
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> PairedTest:
+    """The mean over seeds of the per-seed difference, ``pairs`` holding (reference, model) columns per seed.
+    Each resample draws seeds with replacement, then images with replacement within each drawn seed (a fresh draw
+    for every draw of a seed), so the interval carries the spread between seeds as well as within them."""
+    if not pairs:
+        raise ValueError("hierarchical_bootstrap needs at least one seed")
+    rng = np.random.default_rng(seed)
+    k = len(pairs)
+    # per seed, k independent image resamples per bootstrap round: whichever slot a seed is drawn into
+    per_seed = []
+    for reference, columns in pairs:
+        n = _check_columns(reference, columns)
+        index = rng.integers(0, n, size=(resamples * k, n))
+        per_seed.append((statistic(columns, index) - statistic(reference, index)).reshape(resamples, k))
+    drawn = rng.integers(0, k, size=(resamples, k))
+    differences = np.stack(per_seed)[drawn, np.arange(resamples)[:, None], np.arange(k)[None]].mean(axis=1)
+    value = float(np.mean([observed(statistic, columns) for _, columns in pairs]))
+    reference_value = float(np.mean([observed(statistic, reference) for reference, _ in pairs]))
+    n_images = sum(len(next(iter(columns.values()))) for _, columns in pairs)
+    return _from_resamples("hierarchical_bootstrap", value, reference_value, differences, n_images, k)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the order given."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _from_resamples(
+    test: str, value: float, reference_value: float, differences: np.ndarray, n_images: int, n_seeds: int
+) -> PairedTest:
+    finite = differences[np.isfinite(differences)]
+    if len(finite) == 0:
+        nan = float("nan")
+        return PairedTest(test, value, reference_value, value - reference_value, nan, nan, nan, n_images, n_seeds)
+    low, high = np.percentile(finite, [2.5, 97.5])
+    below, above = (finite <= 0).sum(), (finite >= 0).sum()
+    p_value = float(min(1.0, 2 * (min(below, above) + 1) / (len(finite) + 1)))
+    return PairedTest(
+        test, value, reference_value, value - reference_value, float(low), float(high), p_value, n_images, n_seeds
+    )
+
+
+def _check_paired(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired tests need two equally long, non-empty vectors; got shapes {a.shape} and {b.shape}")
+
+
+def _check_columns(reference: Columns, columns: Columns) -> int:
+    lengths = {len(v) for v in (*reference.values(), *columns.values())}
+    if len(lengths) != 1 or 0 in lengths or set(reference) != set(columns):
+        raise ValueError("paired tests need the same columns, one entry per image, for both models")
+    return lengths.pop()
