@@ -174,7 +174,9 @@ def test_damaged_run_and_sweep_records_are_one_line(tmp_path, capsys):
 
     sweep_file = tmp_path / "s.yaml"  # a variant whose settings changed since the store recorded it
     sweep_file.write_text("name: s\nfinetune: {train: {epochs: 1}}\nvariants: [{name: a, stages: [finetune]}]\n")
-    ResultsStore(tmp_path / "s" / "results.sqlite").add_variant("a", 0, {"other": 1}, {"finetune": "runs/a/finetune"})
+    ResultsStore(tmp_path / "s" / "results.sqlite").add_variant(
+        "a", 0, {"other": 1}, {(0, "finetune"): "runs/a/finetune"}
+    )
     assert main(["sweep", str(sweep_file), "--out", str(tmp_path / "s")]) == 2
     assert one_error_line(capsys).startswith(
         f"variant 'a' in {tmp_path / 's' / 'results.sqlite'} was recorded with other settings"

@@ -171,8 +171,10 @@ class StageRun:
 
 @dataclass
 class Variant:
-    """A study variant as the report reads it: its name and description, where it comes from (``sweep`` or an
-    ``extra`` run folder), what it trains (``method``; None when nothing tells) and its stage runs in order."""
+    """One replicate of a study variant as the report reads it: its name and description, where it comes from
+    (``sweep`` or an ``extra`` run folder), what it trains (``method``; None when nothing tells), its stage runs in
+    order and its ``seed`` (``train.seed`` of its runs). A variant run with several seeds is several records with
+    the same name, one per seed."""
 
     name: str
     description: str
@@ -180,6 +182,7 @@ class Variant:
     method: Method | None
     runs: dict[str, StageRun] = field(default_factory=dict)
     planned: dict[str, dict] = field(default_factory=dict)  # stage -> the config the sweep planned for it
+    seed: int | None = None
 
     @property
     def evaluation(self) -> EvaluateResults | None:
@@ -201,6 +204,14 @@ class Variant:
         """The stage's ``results.json`` record when it is done, else None."""
         run = self.runs.get(stage)
         return run.results if run is not None and run.status == "done" else None
+
+
+def by_name(variants: list[Variant]) -> dict[str, list[Variant]]:
+    """The replicates of each variant, variants in their first appearance's order, replicates by seed."""
+    groups: dict[str, list[Variant]] = {}
+    for v in variants:
+        groups.setdefault(v.name, []).append(v)
+    return groups
 
 
 # ------------------------------------------------------------------------------------------------ metrics

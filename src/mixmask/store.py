@@ -1,5 +1,5 @@
 """The results store of a sweep: one SQLite file in the sweep folder with the variants, every stage run of every
-variant (status, run folder, time, error) and its final metrics (the run's ``results.json``).
+variant and replicate seed (status, run folder, time, error) and its final metrics (the run's ``results.json``).
 
 Every change is one SQLite transaction, so a crash or a kill mid-write leaves the store as it was before that change
 (SQLite's journal rolls the half-written transaction back on the next open). Several processes may write at once
@@ -16,15 +16,10 @@ from typing import Any
 
 STATUSES = ("pending", "running", "done", "failed")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS variants (
-    name TEXT PRIMARY KEY,
-    position INTEGER NOT NULL,
-    spec TEXT NOT NULL                    -- JSON: stages and overrides of each stage
-);
+RUNS_TABLE = """
 CREATE TABLE IF NOT EXISTS runs (
     variant TEXT NOT NULL REFERENCES variants(name),
+    seed INTEGER NOT NULL,                -- the replicate: train.seed of each of its stages
     stage TEXT NOT NULL,                  -- pretrain | finetune | evaluate
     status TEXT NOT NULL,                 -- pending | running | done | failed
     run_dir TEXT NOT NULL,
@@ -34,9 +29,18 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds REAL,                         -- wall time of the last attempt that finished
     error TEXT,
     results TEXT,                         -- JSON: the run's results.json when done
-    PRIMARY KEY (variant, stage)
-);
-"""
+    PRIMARY KEY (variant, seed, stage)
+)"""
+TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS variants (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    spec TEXT NOT NULL                    -- JSON: stages and the resolved config of each stage
+)""",
+    RUNS_TABLE,
+)
+RUN_COLUMNS = "variant, seed, stage, status, run_dir, attempts, started, finished, seconds, error, results"
 
 
 class StoreError(ValueError):
@@ -54,14 +58,30 @@ class ResultsStore:
             self.connection.row_factory = sqlite3.Row
             self.connection.execute("PRAGMA foreign_keys = ON")
             with self.transaction():
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        self.connection.execute(statement)
+                self._add_seed_column()
+                for table in TABLES:
+                    self.connection.execute(table)
         except sqlite3.DatabaseError as error:  # another file in its place, a damaged one, no permission
             raise StoreError(f"{self.path} is not a usable mixmask results store ({error})") from None
 
     def transaction(self):
         return _Transaction(self.connection)
+
+    def _add_seed_column(self) -> None:
+        """A store from before replicate seeds (runs keyed by variant and stage) gets each run's seed from its
+        variant's recorded config (``train.seed``), inside the opening transaction."""
+        columns = [r["name"] for r in self.connection.execute("PRAGMA table_info(runs)")]
+        if not columns or "seed" in columns:
+            return
+        specs = {r["name"]: json.loads(r["spec"]) for r in self.connection.execute("SELECT name, spec FROM variants")}
+        self.connection.execute("ALTER TABLE runs RENAME TO runs_before_seeds")
+        self.connection.execute(RUNS_TABLE)
+        for row in self.connection.execute("SELECT * FROM runs_before_seeds").fetchall():
+            configs = specs.get(row["variant"], {}).get("configs") or {}
+            seed = ((configs.get(row["stage"]) or {}).get("train") or {}).get("seed", 0)
+            values = [row[c] if c != "seed" else seed for c in RUN_COLUMNS.split(", ")]
+            self.connection.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 11)})", values)
+        self.connection.execute("DROP TABLE runs_before_seeds")
 
     def close(self) -> None:
         self.connection.close()
@@ -76,8 +96,9 @@ class ResultsStore:
                     (key, json.dumps(value)),
                 )
 
-    def add_variant(self, name: str, position: int, spec: dict, run_dirs: dict[str, str]) -> None:
-        """Register a variant and its stage runs as pending; an existing variant keeps its runs' state, but a
+    def add_variant(self, name: str, position: int, spec: dict, run_dirs: dict[tuple[int, str], str]) -> None:
+        """Register a variant and its stage runs (``{(seed, stage): run folder}``) as pending; an existing variant
+        keeps its runs' state (and gains the runs of seeds added since), but a
         changed spec is refused (the sweep file changed under a finished run). Config fields that a newer mixmask
         added since the variant was recorded do not count as a change, so a study resumes after an upgrade."""
         with self.transaction():
@@ -93,20 +114,21 @@ class ResultsStore:
                 "ON CONFLICT(name) DO UPDATE SET position = excluded.position",
                 (name, position, text),
             )
-            for stage, run_dir in run_dirs.items():
+            for (seed, stage), run_dir in run_dirs.items():
                 self.connection.execute(
-                    "INSERT OR IGNORE INTO runs (variant, stage, status, run_dir) VALUES (?, ?, 'pending', ?)",
-                    (name, stage, run_dir),
+                    "INSERT OR IGNORE INTO runs (variant, seed, stage, status, run_dir) VALUES (?, ?, ?, 'pending', ?)",
+                    (name, seed, stage, run_dir),
                 )
 
-    def start(self, variant: str, stage: str) -> None:
+    def start(self, variant: str, seed: int, stage: str) -> None:
         self._update(
-            variant, stage, "status = 'running', attempts = attempts + 1, started = ?, error = NULL", time.time()
+            variant, seed, stage, "status = 'running', attempts = attempts + 1, started = ?, error = NULL", time.time()
         )
 
-    def finish(self, variant: str, stage: str, results: dict, seconds: float) -> None:
+    def finish(self, variant: str, seed: int, stage: str, results: dict, seconds: float) -> None:
         self._update(
             variant,
+            seed,
             stage,
             "status = 'done', finished = ?, seconds = ?, results = ?",
             time.time(),
@@ -114,18 +136,19 @@ class ResultsStore:
             json.dumps(results),
         )
 
-    def fail(self, variant: str, stage: str, error: str, seconds: float) -> None:
+    def fail(self, variant: str, seed: int, stage: str, error: str, seconds: float) -> None:
         self._update(
-            variant, stage, "status = 'failed', finished = ?, seconds = ?, error = ?", time.time(), seconds, error
+            variant, seed, stage, "status = 'failed', finished = ?, seconds = ?, error = ?", time.time(), seconds, error
         )
 
-    def _update(self, variant: str, stage: str, assignments: str, *values: Any) -> None:
+    def _update(self, variant: str, seed: int, stage: str, assignments: str, *values: Any) -> None:
         with self.transaction():
             cursor = self.connection.execute(
-                f"UPDATE runs SET {assignments} WHERE variant = ? AND stage = ?", (*values, variant, stage)
+                f"UPDATE runs SET {assignments} WHERE variant = ? AND seed = ? AND stage = ?",
+                (*values, variant, seed, stage),
             )
             if cursor.rowcount != 1:
-                raise KeyError(f"no run {variant}/{stage} in {self.path}")
+                raise KeyError(f"no run {variant}/seed {seed}/{stage} in {self.path}")
 
     # --------------------------------------------------------------------------------------------- reading
 
@@ -138,17 +161,18 @@ class ResultsStore:
         return [{"name": r["name"], "position": r["position"], "spec": json.loads(r["spec"])} for r in rows]
 
     def runs(self, variant: str | None = None) -> list[dict[str, Any]]:
-        """Every stage run (of one variant), in sweep order; ``results`` parsed (None until done)."""
+        """Every stage run (of one variant), in sweep order, then by seed; ``results`` parsed (None until done)."""
         query = (
             "SELECT runs.* FROM runs JOIN variants ON variants.name = runs.variant"
             + (" WHERE runs.variant = ?" if variant else "")
-            + " ORDER BY variants.position, CASE stage WHEN 'pretrain' THEN 0 WHEN 'finetune' THEN 1 ELSE 2 END"
+            + " ORDER BY variants.position, runs.seed,"
+            + " CASE stage WHEN 'pretrain' THEN 0 WHEN 'finetune' THEN 1 ELSE 2 END"
         )
         rows = self.connection.execute(query, (variant,) if variant else ())
         return [dict(r) | {"results": json.loads(r["results"]) if r["results"] else None} for r in rows]
 
-    def run(self, variant: str, stage: str) -> dict[str, Any] | None:
-        return next((r for r in self.runs(variant) if r["stage"] == stage), None)
+    def run(self, variant: str, seed: int, stage: str) -> dict[str, Any] | None:
+        return next((r for r in self.runs(variant) if r["seed"] == seed and r["stage"] == stage), None)
 
 
 def _known_to(recorded: Any, new: Any) -> Any:

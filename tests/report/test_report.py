@@ -60,10 +60,10 @@ SECTION_IDS = ["table1", "figure2", "figure3", "occlusion", "cka", "shape-bias",
 
 def _run(store: ResultsStore, name: str, stage: str, job) -> None:
     """One stage as the sweep runner records it: start, run, finish with the run's results.json and wall time."""
-    store.start(name, stage)
+    store.start(name, 0, stage)
     start = time.perf_counter()
     folder = job()
-    store.finish(name, stage, json.loads((Path(folder) / "results.json").read_text()), time.perf_counter() - start)
+    store.finish(name, 0, stage, json.loads((Path(folder) / "results.json").read_text()), time.perf_counter() - start)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def sweep(tmp_path_factory) -> Path:
             "description": "",
             "configs": {s: to_dict(c) for s, c in configs.items()},
         }
-        store.add_variant(name, position, spec, {stage: f"runs/{name}/{stage}" for stage in stages})
+        store.add_variant(name, position, spec, {(0, stage): f"runs/{name}/{stage}" for stage in stages})
         if masking is not None:
             _run(store, name, "pretrain", lambda c=configs["pretrain"], r=runs: pretrain(c, out=r / "pretrain"))
         _run(store, name, "finetune", lambda c=configs["finetune"], r=runs: finetune(c, out=r / "finetune"))
@@ -223,16 +223,16 @@ def test_a_partially_finished_sweep_renders_with_pending_and_failed_stages(sweep
     for position, name in enumerate(["p4", "scratch"]):
         spec = old.variants()[list(VARIANTS).index(name)]["spec"]
         runs = {r["stage"]: r for r in old.runs(name)}
-        store.add_variant(name, position, spec, {s: str(sweep / r["run_dir"]) for s, r in runs.items()})
+        store.add_variant(name, position, spec, {(0, s): str(sweep / r["run_dir"]) for s, r in runs.items()})
         for stage, r in runs.items():
             if name == "scratch" and stage == "evaluate":
                 continue  # left pending
-            store.start(name, stage)
-            store.finish(name, stage, r["results"], r["seconds"])
+            store.start(name, 0, stage)
+            store.finish(name, 0, stage, r["results"], r["seconds"])
     store.add_variant("broken", 2, {"stages": ["pretrain", "finetune", "evaluate"]},
-                      {s: f"runs/broken/{s}" for s in ("pretrain", "finetune", "evaluate")})  # fmt: skip
-    store.start("broken", "pretrain")
-    store.fail("broken", "pretrain", "RuntimeError: loss is NaN", 1.5)
+                      {(0, s): f"runs/broken/{s}" for s in ("pretrain", "finetune", "evaluate")})  # fmt: skip
+    store.start("broken", 0, "pretrain")
+    store.fail("broken", 0, "pretrain", "RuntimeError: loss is NaN", 1.5)
     store.close()
     old.close()
 
@@ -280,10 +280,10 @@ def test_report_command_on_a_sweep_that_has_not_run_yet(tmp_path, capsys):
     store.set_meta(name="planned", created=time.time())
     config = to_dict(load_config(ROOT / "configs/pretrain/a2mim_tiny_shapesx.yaml"))
     spec = {"stages": ["pretrain"], "overrides": {}, "description": "", "configs": {"pretrain": config}}
-    store.add_variant("p32", 0, spec, {"pretrain": "runs/p32/pretrain"})
-    store.add_variant("damaged", 1, spec, {"pretrain": "runs/damaged/pretrain"})
-    store.start("damaged", "pretrain")  # results written by a release that recorded something this one cannot read
-    store.finish("damaged", "pretrain", {"task": "pretrain", "method": "a2mim", "steps": "four"}, 2.0)
+    store.add_variant("p32", 0, spec, {(0, "pretrain"): "runs/p32/pretrain"})
+    store.add_variant("damaged", 1, spec, {(0, "pretrain"): "runs/damaged/pretrain"})
+    store.start("damaged", 0, "pretrain")  # results written by a release that recorded something this one cannot read
+    store.finish("damaged", 0, "pretrain", {"task": "pretrain", "method": "a2mim", "steps": "four"}, 2.0)
     store.close()
     assert main(["report", str(tmp_path)]) == 0
     assert f"report: {(tmp_path / 'report' / 'report.html').resolve()}" in capsys.readouterr().out
@@ -340,10 +340,10 @@ def test_planned_variants_are_labelled_by_method(tmp_path):
     for position, (name, (file, overrides)) in enumerate(pretrain_configs.items()):
         config = to_dict(load_config(ROOT / "configs/pretrain" / file, overrides))
         spec = {"stages": ["pretrain"], "overrides": {}, "description": "", "configs": {"pretrain": config}}
-        store.add_variant(name, position, spec, {"pretrain": f"runs/{name}/pretrain"})
+        store.add_variant(name, position, spec, {(0, "pretrain"): f"runs/{name}/pretrain"})
     vit = to_dict(load_config(ROOT / "configs/finetune/tiny_shapesx.yaml", ["model.backbone=vit_tiny_p8"]))
     spec = {"stages": ["finetune"], "overrides": {}, "description": "", "configs": {"finetune": vit}}
-    store.add_variant("vit_scratch", 4, spec, {"finetune": "runs/vit_scratch/finetune"})
+    store.add_variant("vit_scratch", 4, spec, {(0, "finetune"): "runs/vit_scratch/finetune"})
     store.close()
     labels = {v.name: v.label for v in collect.collect_variants(tmp_path)}
     assert labels == {

@@ -46,9 +46,9 @@ def test_done_stages_cost_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(plan_module, "_evaluate_probe", lambda *a: {"accuracy": (0.5, 0.01)})  # fixed, per image
     sweep = load_sweep(data=tiny_sweep(variants=[{"name": "scratch", "stages": ["finetune", "evaluate"]}]))
     store = ResultsStore(tmp_path / "results.sqlite")
-    store.add_variant("scratch", 0, sweep.variants[0].spec(), {"finetune": "f", "evaluate": "e"})
-    store.start("scratch", "finetune")
-    store.finish("scratch", "finetune", {}, 1.0)
+    store.add_variant("scratch", 0, sweep.variants[0].spec(), {(0, "finetune"): "f", (0, "evaluate"): "e"})
+    store.start("scratch", 0, "finetune")
+    store.finish("scratch", 0, "finetune", {}, 1.0)
     store.close()
     rows = plan(sweep, tmp_path)
     assert [(r.stage, r.status) for r in rows] == [("finetune", "done"), ("evaluate", "to run")]

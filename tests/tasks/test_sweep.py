@@ -211,3 +211,62 @@ def test_shipped_method_studies_load(name, methods):
         assert {spa.model.token_mode, unweighted.model.token_mode, freq.model.token_mode} == {"none"}
         assert (spa.loss.freq_weight, unweighted.loss.freq_focal, freq.loss.freq_focal) == (0.0, False, True)
         assert unweighted.loss.freq_weight == freq.loss.freq_weight == by_name["stage3"].loss.freq_weight == 0.5
+
+
+def test_seeds_must_be_distinct_integers():
+    for bad in ([], [0, 0], [1.5], "0,1", [-1], [True]):
+        with pytest.raises(ConfigError, match="sweep `seeds`: got .* expected a list of distinct integers"):
+            load_sweep(data=tiny_sweep(seeds=bad))
+    sweep = load_sweep(data=tiny_sweep(seeds=[3, 1]))
+    assert sweep.replicates(sweep.variants[0]) == [3, 1]
+    assert load_sweep(data=tiny_sweep()).replicates(sweep.variants[0]) == [0]  # the configs' own train.seed
+
+
+def test_seeds_run_every_variant_once_per_seed_resume_and_grow(tmp_path, monkeypatch, capsys):
+    data = tiny_sweep(seeds=[0, 1], variants=[{"name": "scratch", "stages": ["finetune", "evaluate"]}])
+    out = tmp_path / "sweep"
+    calls = {"n": 0}
+    forward = Classifier.forward
+
+    def killed(self, images):  # seed 0 finetunes 8 steps and evaluates; die in seed 1's third training step
+        calls["n"] += self.training
+        if calls["n"] == 11 and self.training:
+            raise KeyboardInterrupt
+        return forward(self, images)
+
+    monkeypatch.setattr(Classifier, "forward", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(load_sweep(data=data), out)
+    monkeypatch.setattr(Classifier, "forward", forward)
+    store = ResultsStore(out / "results.sqlite")
+    states = {(r["seed"], r["stage"]): r["status"] for r in store.runs()}
+    assert states == {(0, "finetune"): "done", (0, "evaluate"): "done", (1, "finetune"): "running",
+                      (1, "evaluate"): "pending"}  # fmt: skip
+    capsys.readouterr()
+
+    assert run_sweep(load_sweep(data=data), out) == 0
+    printed = capsys.readouterr().out
+    assert "== scratch (seed 0)" not in printed and "== scratch (seed 1): finetune" in printed
+    assert "resuming from" in printed
+    runs = {(r["seed"], r["stage"]): r for r in store.runs()}
+    for seed in (0, 1):
+        folder = out / "runs" / "scratch" / f"seed{seed}"
+        assert runs[seed, "finetune"]["run_dir"] == f"runs/scratch/seed{seed}/finetune"
+        assert json.loads((folder / "finetune" / "run.json").read_text())["seed"] == seed
+        assert json.loads((folder / "evaluate" / "results.json").read_text())["run"] == str(folder / "finetune")
+    weights = [latest_intact_checkpoint(out / f"runs/scratch/seed{k}/finetune") / "model.safetensors" for k in (0, 1)]
+    assert weights[0].read_bytes() != weights[1].read_bytes()  # replicates differ by their training seed
+
+    # a seed added to the file later runs on its own; the finished ones stay
+    assert run_sweep(load_sweep(data=data | {"seeds": [0, 1, 2]}), out) == 0
+    printed = capsys.readouterr().out
+    assert "(seed 2): finetune" in printed and "(seed 0)" not in printed and "(seed 1)" not in printed
+    assert sorted({r["seed"] for r in store.runs()}) == [0, 1, 2]
+
+    from mixmask.report import collect, tables
+
+    [row] = tables.table1(collect.collect_variants(out))
+    top1 = [r["results"]["accuracy"]["top1"] for r in store.runs() if r["stage"] == "evaluate"]
+    assert row["seeds"] == 3 and row["note"] == "3 seeds"
+    assert row["cells"]["val_top1"].accuracy == pytest.approx(sum(top1) / 3)
+    assert row["sd"]["val_top1"] == pytest.approx(float(torch.tensor(top1).std()), abs=1e-7)

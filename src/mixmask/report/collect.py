@@ -152,7 +152,8 @@ def extra_variant(folder: Path, taken: set[str]) -> Variant:
     base, k = name, 2
     while name in taken:
         name, k = f"{base}-{k}", k + 1
-    return Variant(name, f"extra run: {folder}", "extra", method_of(runs, {}), runs)
+    seed = next((run.info.seed for run in runs.values() if run.info is not None), None)
+    return Variant(name, f"extra run: {folder}", "extra", method_of(runs, {}), runs, seed=seed)
 
 
 def read_meta(sweep_dir: str | Path) -> dict[str, Any]:
@@ -168,8 +169,8 @@ def read_meta(sweep_dir: str | Path) -> dict[str, Any]:
 
 
 def collect_variants(sweep_dir: str | Path, extra_runs: tuple | list = ()) -> list[Variant]:
-    """Every variant of the sweep in sweep order, then one per extra run folder. Raises FileNotFoundError when the
-    folder has no results store and no extra runs are given."""
+    """Every variant of the sweep in sweep order (one record per replicate seed), then one per extra run folder.
+    Raises FileNotFoundError when the folder has no results store and no extra runs are given."""
     sweep_dir = Path(sweep_dir)
     store_path = sweep_dir / "results.sqlite"
     if not store_path.is_file() and not extra_runs:
@@ -183,14 +184,17 @@ def collect_variants(sweep_dir: str | Path, extra_runs: tuple | list = ()) -> li
         try:
             rows = store.runs()
             for v in store.variants():
-                runs = {
-                    row["stage"]: _stage_run(row["stage"], row, _resolve(row["run_dir"], sweep_dir))
-                    for row in rows
-                    if row["variant"] == v["name"]
-                }
                 planned = v["spec"].get("configs") or {}
                 description = str(v["spec"].get("description") or "")
-                variants.append(Variant(v["name"], description, "sweep", method_of(runs, planned), runs, planned))
+                seeds = dict.fromkeys(row["seed"] for row in rows if row["variant"] == v["name"])
+                for seed in seeds:  # one record per replicate
+                    runs = {
+                        row["stage"]: _stage_run(row["stage"], row, _resolve(row["run_dir"], sweep_dir))
+                        for row in rows
+                        if row["variant"] == v["name"] and row["seed"] == seed
+                    }
+                    method = method_of(runs, planned)
+                    variants.append(Variant(v["name"], description, "sweep", method, runs, planned, seed))
         finally:
             store.close()
     for folder in extra_runs:

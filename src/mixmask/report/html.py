@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from mixmask.report import tables
-from mixmask.results import Variant
+from mixmask.results import Variant, by_name
 
 SECTIONS = (
     ("summary", "Summary"),
@@ -218,17 +218,25 @@ def _stage_table(variant: Variant) -> str:
     return out
 
 
-def variant_block(variant: Variant, curves: str | Path | None) -> str:
-    """One ``<details>`` block: stage statuses and times, configs, training curves."""
+def variant_block(replicates: list[Variant], curves: str | Path | None) -> str:
+    """One ``<details>`` block per variant: each seed's stage statuses and times, configs, training curves."""
+    variant = replicates[0]
     anchor = "variant-" + tables.safe_name(variant.name)
-    badges = " ".join(f"{_e(stage)} {status_badge(run.status)}" for stage, run in variant.runs.items())
+    badges = " ".join(
+        f"{_e(stage)} {status_badge(next((r.status(stage) for r in replicates if r.status(stage) != 'done'), 'done'))}"
+        for stage in variant.runs
+    )
+    seeds = f" ({len(replicates)} seeds)" if len(replicates) > 1 else ""
     parts = [
         f'<details class="variant" id="{_e(anchor)}">',
-        f'<summary>{_e(variant.name)}<span class="masking">{_e(variant.label)}</span>{badges}</summary>',
+        f'<summary>{_e(variant.name + seeds)}<span class="masking">{_e(variant.label)}</span>{badges}</summary>',
     ]
     if variant.description:
         parts.append(f"<p>{_e(variant.description)}</p>")
-    parts.append(_stage_table(variant))
+    for replicate in replicates:
+        if len(replicates) > 1:
+            parts.append(f"<h3>seed {_e(replicate.seed)}</h3>")
+        parts.append(_stage_table(replicate))
     for stage in ("pretrain", "finetune"):
         if stage not in variant.runs:
             continue
@@ -253,8 +261,8 @@ def variant_block(variant: Variant, curves: str | Path | None) -> str:
 
 def _setup(report: dict) -> str:
     meta = report.get("meta") or {}
-    variants = report["variants"]
-    done = sum(all(run.status == "done" for run in v.runs.values()) for v in variants)
+    variants = by_name(report["variants"])
+    done = sum(all(run.status == "done" for v in group for run in v.runs.values()) for group in variants.values())
     rows = [
         ("sweep", meta.get("name") or report.get("sweep_dir", "")),
         ("folder", report.get("sweep_dir", "")),
@@ -308,7 +316,7 @@ def render(report: dict) -> str:
         body.append(f'<p class="missing">{_e(MISSING_FIGURE["figure2"])}</p>')
     body.append("</section>")
     body.append('<section id="variants"><h2>Variants</h2>')
-    body.extend(variant_block(v, curves.get(v.name)) for v in report["variants"])
+    body.extend(variant_block(group, curves.get(name)) for name, group in by_name(report["variants"]).items())
     body.append("</section>")
     body.append(f"<footer>Written by mixmask report on {_e(_when(report.get('generated')))}.</footer>")
     return (

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mixmask.evaluation.imagenet_x import FACTORS, wilson_interval
-from mixmask.results import EvaluateResults, FactorCell, Factors, Reconstruction, Variant
+from mixmask.results import EvaluateResults, FactorCell, Factors, Reconstruction, Variant, by_name
 
 STAGES = ("pretrain", "finetune", "evaluate")
 TABLE1_FACTORS: tuple[str, ...] = (
@@ -47,13 +47,36 @@ OCCLUSION_RATIO = 0.5  # the occlusion error ratio of the summary is read at thi
 # ------------------------------------------------------------------------------------------------ formatting
 
 
-def pct(value: float | None) -> str:
-    """A fraction as a percentage with one decimal; the dash when missing."""
-    return MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _num(value: float | None, spec: str = ".2f") -> str:
-    return MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+def pct(value: float | None, sd: float | None = None) -> str:
+    """A fraction as a percentage with one decimal (``± sd`` across seeds when given); the dash when missing."""
+    if _missing(value):
+        return MISSING
+    return f"{100 * value:.1f}" + ("" if _missing(sd) else f" ±{100 * sd:.1f}")
+
+
+def _num(value: float | None, spec: str = ".2f", sd: float | None = None) -> str:
+    if _missing(value):
+        return MISSING
+    return format(value, spec) + ("" if _missing(sd) else f" ±{format(sd, spec)}")
+
+
+def mean_sd(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (None below two values) and count of the values that are not missing."""
+    present = [float(v) for v in values if not _missing(v)]
+    if not present:
+        return None, None, 0
+    mean = sum(present) / len(present)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in present) / (len(present) - 1)) if len(present) > 1 else None
+    return mean, sd, len(present)
+
+
+def seeds_note(replicates: list[Variant]) -> str | None:
+    """``3 seeds`` for a variant run with several seeds; None for one."""
+    return f"{len(replicates)} seeds" if len(replicates) > 1 else None
 
 
 def duration(seconds: float | None) -> str:
@@ -144,25 +167,48 @@ def _write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Pa
 # ------------------------------------------------------------------------------------------------ Table 1
 
 
+def _table1_cells(v: Variant) -> dict[str, FactorCell]:
+    factors = factors_of(v)
+    cells = {name: factor_cell(factors, name) for name in (*TABLE1_FACTORS, *OTHER_FACTORS)}
+    accuracy = v.evaluation.accuracy if v.evaluation is not None else None
+    top1, images = (accuracy.top1, accuracy.images or 0) if accuracy is not None else (None, 0)
+    cells["val_top1"] = FactorCell(top1, None, images, 0, (None, None), False)
+    return cells
+
+
+def _pooled(cells: list[FactorCell]) -> tuple[FactorCell, float | None]:
+    """One column's cells of a variant's replicates as one cell (accuracy and error ratio: the mean over seeds;
+    counts summed; thin when thin in any seed) and the standard deviation of the accuracy across seeds."""
+    accuracy, sd, n = mean_sd([c.accuracy for c in cells])
+    if len(cells) == 1:
+        return cells[0], None
+    error_ratio = mean_sd([c.error_ratio for c in cells])[0]
+    count, correct = sum(c.count for c in cells), sum(c.correct for c in cells)
+    return FactorCell(accuracy, error_ratio, count, correct, (None, None), any(c.thin for c in cells)), sd
+
+
 def table1(variants: list[Variant]) -> list[dict[str, Any]]:
-    """One row per variant: ``{variant, masking, status, note, min_count, cells: {column: FactorCell}}``, where
-    the ``val_top1`` cell holds the evaluate stage's top-1 validation accuracy."""
+    """One row per variant: ``{variant, masking, status, note, min_count, seeds, cells: {column: FactorCell},
+    sd: {column: sd across seeds}}``, where the ``val_top1`` cell holds the evaluate stage's top-1 validation
+    accuracy. A variant run with several seeds shows the mean over its seeds."""
     rows = []
-    for v in variants:
-        factors = factors_of(v)
-        cells = {name: factor_cell(factors, name) for name in (*TABLE1_FACTORS, *OTHER_FACTORS)}
-        accuracy = v.evaluation.accuracy if v.evaluation is not None else None
-        top1, images = (accuracy.top1, accuracy.images or 0) if accuracy is not None else (None, 0)
-        cells["val_top1"] = FactorCell(top1, None, images, 0, (None, None), False)
+    for name, replicates in by_name(variants).items():
+        first, factors = replicates[0], factors_of(replicates[0])
+        per_seed = [_table1_cells(v) for v in replicates]
+        pooled = {column: _pooled([cells[column] for cells in per_seed]) for column in per_seed[0]}
+        statuses = [v.status("evaluate") for v in replicates]
+        notes = [note for v in replicates if (note := _factors_note(v))]
         rows.append(
             {
-                "variant": v.name,
-                "masking": v.label,
-                "status": v.status("evaluate"),
-                "note": _factors_note(v),
+                "variant": name,
+                "masking": first.label,
+                "status": next((s for s in statuses if s != "done"), statuses[0]),
+                "note": "; ".join(dict.fromkeys(filter(None, [seeds_note(replicates), *notes]))) or None,
                 "min_count": factors.min_count if factors else None,
                 "settings": factors.settings if factors else {},
-                "cells": cells,
+                "seeds": len(replicates),
+                "cells": {column: cell for column, (cell, _) in pooled.items()},
+                "sd": {column: sd for column, (_, sd) in pooled.items()},
             }
         )
     return rows
@@ -185,7 +231,9 @@ def table1_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]
         cells = [name, r["masking"]]
         for column in TABLE1_COLUMNS:
             cell = r["cells"][column]
-            cells.append(pct(cell.accuracy) + (THIN if cell.thin and cell.accuracy is not None else ""))
+            cells.append(
+                pct(cell.accuracy, r["sd"][column]) + (THIN if cell.thin and cell.accuracy is not None else "")
+            )
         body.append(cells)
     sources = sorted(
         {f"{s.get('source', '?')}, {s.get('which_factor', 'top')} factor" for r in rows for s in [r["settings"]] if s}
@@ -202,6 +250,8 @@ def table1_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]
         _thin_footnote(rows),
         f"{MISSING} not available (stage not done, or the metric was skipped).",
     ]
+    if any(r["seeds"] > 1 for r in rows):
+        footnotes.append("A variant run with several seeds: the mean over its seeds ± their standard deviation.")
     return header, body, footnotes
 
 
@@ -211,13 +261,17 @@ def table1_markdown(rows: list[dict]) -> str:
 
 
 def table1_csv(rows: list[dict], path: str | Path) -> Path:
-    """Accuracies in % with one decimal (empty when missing); ``thin`` lists the thin columns (``;``-separated)."""
-    header = ["variant", "masking", "evaluate_status", *TABLE1_COLUMNS, "thin", "min_count"]
+    """Accuracies in % with one decimal (empty when missing); ``thin`` lists the thin columns (``;``-separated);
+    ``seeds`` and ``<column>_sd``: the number of seeds and the standard deviation across them (empty for one)."""
+    header = ["variant", "masking", "evaluate_status", *TABLE1_COLUMNS, "thin", "min_count", "seeds"]
+    header += [f"{c}_sd" for c in TABLE1_COLUMNS]
     out = []
     for r in rows:
         values = [pct(r["cells"][c].accuracy).replace(MISSING, "") for c in TABLE1_COLUMNS]
+        spread = [pct(r["sd"][c]).replace(MISSING, "") for c in TABLE1_COLUMNS]
         thin = ";".join(c for c in TABLE1_COLUMNS if r["cells"][c].thin)
-        out.append([r["variant"], r["masking"], r["status"] or "", *values, thin, r["min_count"] or ""])
+        out.append([r["variant"], r["masking"], r["status"] or "", *values, thin, r["min_count"] or "", r["seeds"]])
+        out[-1] += spread
     return _write_csv(path, header, out)
 
 
@@ -226,8 +280,10 @@ def table1_csv(rows: list[dict], path: str | Path) -> Path:
 
 def counts(variants: list[Variant]) -> list[dict[str, Any]]:
     """Long rows ``{variant, factor, count, correct, accuracy, ci_low, ci_high, thin}`` for every factor (and pooled
-    blocking) of every variant with factor results."""
+    blocking) of every variant with factor results; a variant run with several seeds has a column per seed
+    (``name/seed<k>``)."""
     rows = []
+    replicated = {name for name, replicates in by_name(variants).items() if len(replicates) > 1}
     for v in variants:
         factors = factors_of(v)
         if factors is None:
@@ -236,7 +292,7 @@ def counts(variants: list[Variant]) -> list[dict[str, Any]]:
             cell = factor_cell(factors, name)
             rows.append(
                 {
-                    "variant": v.name,
+                    "variant": f"{v.name}/seed{v.seed}" if v.name in replicated else v.name,
                     "factor": name,
                     "count": cell.count,
                     "correct": cell.correct,
@@ -315,34 +371,58 @@ def psnr(variant: Variant) -> list[Reconstruction]:
     return pretraining.reconstruction if pretraining is not None else []
 
 
+SPREAD = ("val_top1", "finetune_top1", "factor_average", "texture_error_ratio", "occlusion_error_ratio", "shape_bias")
+
+
+def _summary_row(v: Variant) -> dict[str, Any]:
+    evaluation, finetuning = v.evaluation, v.results("finetune")
+    factors = factors_of(v)
+    shape = evaluation.shape_bias if evaluation is not None else None
+    texture = factor_cell(factors, "texture")
+    return {
+        "val_top1": evaluation.accuracy.top1 if evaluation and evaluation.accuracy else None,
+        "finetune_top1": finetuning.accuracy.top1 if finetuning and finetuning.accuracy else None,
+        "factor_average": factors.average if factors else None,
+        "factor_accuracy": {f: cell.accuracy for f, cell in factors.factors.items()} if factors else {},
+        "texture_error_ratio": texture.error_ratio,
+        "texture_thin": texture.thin,
+        "occlusion_error_ratio": occlusion_error_ratio(evaluation),
+        "shape_bias": getattr(shape, "shape_bias", None),  # None when skipped
+        "psnr": {(e.patch_size, e.ratio): e.psnr_masked for e in psnr(v)},
+        "status": {stage: run.status for stage, run in v.runs.items()},
+        "seconds": {stage: run.seconds for stage, run in v.runs.items()},
+    }
+
+
 def summary(variants: list[Variant]) -> list[dict[str, Any]]:
-    """One row per variant of headline numbers (fractions and seconds; None where missing)."""
+    """One row per variant of headline numbers (fractions and seconds; None where missing). A variant run with
+    several seeds: the mean over its seeds, ``sd`` their standard deviation, stage seconds summed."""
     rows = []
-    for v in variants:
-        evaluation, finetuning = v.evaluation, v.results("finetune")
-        factors = factors_of(v)
-        shape = evaluation.shape_bias if evaluation is not None else None
-        worst = factors.worst_factor if factors else None
-        texture = factor_cell(factors, "texture")
-        rows.append(
-            {
-                "variant": v.name,
-                "masking": v.label,
-                "val_top1": evaluation.accuracy.top1 if evaluation and evaluation.accuracy else None,
-                "finetune_top1": finetuning.accuracy.top1 if finetuning and finetuning.accuracy else None,
-                "factor_average": factors.average if factors else None,
-                "worst_factor": worst,
-                "worst_factor_accuracy": factor_cell(factors, worst).accuracy if worst else None,
-                "texture_error_ratio": texture.error_ratio,
-                "texture_thin": texture.thin,
-                "occlusion_error_ratio": occlusion_error_ratio(evaluation),
-                "shape_bias": getattr(shape, "shape_bias", None),  # None when skipped
-                "psnr": [(e.patch_size, e.ratio, e.psnr_masked) for e in psnr(v)],
-                "status": {stage: run.status for stage, run in v.runs.items()},
-                "seconds": {stage: run.seconds for stage, run in v.runs.items()},
-                "stage_cells": {s: stage_state(v, s) for s in STAGES},
+    for name, replicates in by_name(variants).items():
+        per_seed = [_summary_row(v) for v in replicates]
+        row: dict[str, Any] = {"variant": name, "masking": replicates[0].label, "seeds": len(replicates), "sd": {}}
+        for key in SPREAD:
+            row[key], row["sd"][key], _ = mean_sd([r[key] for r in per_seed])
+        factors = {f for r in per_seed for f in r["factor_accuracy"]}
+        means = {f: mean_sd([r["factor_accuracy"].get(f) for r in per_seed])[0] for f in factors}
+        means = {f: a for f, a in means.items() if a is not None}
+        row["worst_factor"] = min(means, key=means.get) if means else None
+        row["worst_factor_accuracy"] = means.get(row["worst_factor"])
+        row["texture_thin"] = any(r["texture_thin"] for r in per_seed)
+        strategies = dict.fromkeys(key for r in per_seed for key in r["psnr"])
+        row["psnr"] = [(*key, mean_sd([r["psnr"].get(key) for r in per_seed])[0]) for key in strategies]
+        stages = dict.fromkeys(stage for r in per_seed for stage in r["status"])
+        row["status"] = {
+            s: next((r["status"][s] for r in per_seed if r["status"].get(s) != "done"), "done") for s in stages
+        }
+        row["seconds"] = {s: sum(r["seconds"].get(s) or 0.0 for r in per_seed) for s in stages}
+        row["stage_cells"] = {s: stage_state(replicates[0], s) for s in STAGES}
+        if len(replicates) > 1:  # the summed wall time, or the first unfinished status
+            row["stage_cells"] = {
+                s: duration(row["seconds"][s]) if row["status"].get(s) == "done" else row["status"].get(s, "not run")
+                for s in STAGES
             }
-        )
+        rows.append(row)
     return rows
 
 
@@ -364,19 +444,20 @@ def summary_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str
     body = []
     for r in rows:
         worst = MISSING if not r["worst_factor"] else f"{r['worst_factor']} ({pct(r['worst_factor_accuracy'])})"
-        texture = _num(r["texture_error_ratio"]) + (
+        texture = _num(r["texture_error_ratio"], sd=r["sd"]["texture_error_ratio"]) + (
             THIN if r["texture_thin"] and r["texture_error_ratio"] is not None else ""
         )
+        sd = r["sd"]
         body.append(
             [
-                r["variant"],
+                r["variant"] + (f" ({r['seeds']} seeds)" if r["seeds"] > 1 else ""),
                 r["masking"],
-                pct(r["val_top1"]),
-                pct(r["factor_average"]),
+                pct(r["val_top1"], sd["val_top1"]),
+                pct(r["factor_average"], sd["factor_average"]),
                 worst,
                 texture,
-                _num(r["occlusion_error_ratio"]),
-                _num(r["shape_bias"], ".3f"),
+                _num(r["occlusion_error_ratio"], sd=sd["occlusion_error_ratio"]),
+                _num(r["shape_bias"], ".3f", sd["shape_bias"]),
                 " / ".join(f"{value:.1f}" for _, _, value in r["psnr"]) or MISSING,
                 *[r["stage_cells"][s] for s in STAGES],
             ]
@@ -392,6 +473,11 @@ def summary_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str
         "reconstruction of the masked pixels per masking strategy (the same images for every variant).",
         "pretrain / finetune / evaluate: the stage's wall time when done, else its status (pending, running, failed).",
     ]
+    if any(r["seeds"] > 1 for r in rows):
+        footnotes.append(
+            "A variant run with several seeds: the mean over its seeds ± their standard deviation; the worst factor "
+            "by mean accuracy; wall times summed over the seeds."
+        )
     return header, body, footnotes
 
 
@@ -401,7 +487,8 @@ def summary_markdown(rows: list[dict]) -> str:
 
 
 def summary_csv(rows: list[dict], path: str | Path) -> Path:
-    """Full-precision values; ``psnr`` as ``patch/ratio=dB`` pairs; stage columns hold seconds or the status."""
+    """Full-precision values; ``psnr`` as ``patch/ratio=dB`` pairs; stage columns hold seconds or the status;
+    ``seeds`` and ``<value>_sd``: the number of seeds and the standard deviation across them (empty for one)."""
     header = [
         "variant",
         "masking",
@@ -425,8 +512,10 @@ def summary_csv(rows: list[dict], path: str | Path) -> Path:
             else r["status"].get(s, "")
             for s in STAGES
         ]
-        body.append(values + stages)
-    return _write_csv(path, header + [f"{s}_seconds_or_status" for s in STAGES], body)
+        spread = ["" if r["sd"][k] is None else r["sd"][k] for k in SPREAD]
+        body.append(values + stages + [r["seeds"], *spread])
+    stage_columns = [f"{s}_seconds_or_status" for s in STAGES]
+    return _write_csv(path, header + stage_columns + ["seeds", *[f"{k}_sd" for k in SPREAD]], body)
 
 
 def safe_name(name: str) -> str:

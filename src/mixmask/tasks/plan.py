@@ -172,11 +172,11 @@ def plan(sweep, sweep_dir: str | Path | None = None) -> list[PlanRow]:
     are listed as done, with no time."""
     from mixmask.engine.trainer import EpochSampler
 
-    done: set[tuple[str, str]] = set()
+    done: set[tuple[str, int, str]] = set()
     store_path = Path(sweep_dir) / "results.sqlite" if sweep_dir else None
     if store_path is not None and store_path.is_file():
         store = ResultsStore(store_path)
-        done = {(r["variant"], r["stage"]) for r in store.runs() if r["status"] == "done"}
+        done = {(r["variant"], r["seed"], r["stage"]) for r in store.runs() if r["status"] == "done"}
         store.close()
     probes: dict[str, dict[str, float]] = {}
 
@@ -186,29 +186,34 @@ def plan(sweep, sweep_dir: str | Path | None = None) -> list[PlanRow]:
         return probes[key]
 
     rows = []
-    for variant in sweep.variants:
-        for stage in variant.stages:
-            cfg = variant.configs[stage]
-            status = "done" if (variant.name, stage) in done else "to run"
-            steps, images, seconds = 0, 0, 0.0
-            knn = stage == "finetune" and cfg.finetune.probe == "knn"
-            if stage in ("pretrain", "finetune") and not knn:
-                timing = probe(_key(stage, cfg), _training_probe, stage, cfg)
-                train = cfg.train  # sweep.nproc processes share the steps of an epoch
-                sampler = EpochSampler(timing["train_images"], train.batch_size, 0, 0, sweep.nproc, train.accum_steps)
-                steps = sampler.batches_per_epoch() // train.accum_steps * train.epochs
-                seconds = timing["fixed"] + steps * timing["per_step"]
-            if stage == "finetune":  # the validation pass at the end (kNN: the bank of training images too)
-                accuracy_only = _probe_config(cfg, imagenet_x=False, occlusion=False, cka=False, shape_bias=False)
-                fixed, per_image = probe(_key("evaluate", accuracy_only), _evaluate_probe, accuracy_only)["accuracy"]
-                images = _val_images(cfg) + (_images(cfg, "train") if knn else 0)
-                seconds += fixed + images * per_image
-            if stage == "evaluate":
-                costs = probe(_key("evaluate", cfg), _evaluate_probe, cfg)
-                counts = _evaluation_images(cfg)
-                images = sum(counts.values())
-                seconds = sum(fixed + counts[name] * per_image for name, (fixed, per_image) in costs.items())
-            rows.append(PlanRow(variant.name, stage, steps, images, status, 0.0 if status == "done" else seconds))
+    runs = [(v, seed, stage) for v in sweep.variants for seed in sweep.replicates(v) for stage in v.stages]
+    for (
+        variant,
+        seed,
+        stage,
+    ) in runs:  # one row per run; each kind of stage is timed once (its speed does not depend on the seed)
+        cfg = variant.configs[stage]
+        status = "done" if (variant.name, seed, stage) in done else "to run"
+        steps, images, seconds = 0, 0, 0.0
+        knn = stage == "finetune" and cfg.finetune.probe == "knn"
+        if stage in ("pretrain", "finetune") and not knn:
+            timing = probe(_key(stage, cfg), _training_probe, stage, cfg)
+            train = cfg.train  # sweep.nproc processes share the steps of an epoch
+            sampler = EpochSampler(timing["train_images"], train.batch_size, 0, 0, sweep.nproc, train.accum_steps)
+            steps = sampler.batches_per_epoch() // train.accum_steps * train.epochs
+            seconds = timing["fixed"] + steps * timing["per_step"]
+        if stage == "finetune":  # the validation pass at the end (kNN: the bank of training images too)
+            accuracy_only = _probe_config(cfg, imagenet_x=False, occlusion=False, cka=False, shape_bias=False)
+            fixed, per_image = probe(_key("evaluate", accuracy_only), _evaluate_probe, accuracy_only)["accuracy"]
+            images = _val_images(cfg) + (_images(cfg, "train") if knn else 0)
+            seconds += fixed + images * per_image
+        if stage == "evaluate":
+            costs = probe(_key("evaluate", cfg), _evaluate_probe, cfg)
+            counts = _evaluation_images(cfg)
+            images = sum(counts.values())
+            seconds = sum(fixed + counts[name] * per_image for name, (fixed, per_image) in costs.items())
+        label = f"{variant.name}/seed{seed}" if sweep.seeds is not None else variant.name
+        rows.append(PlanRow(label, stage, steps, images, status, 0.0 if status == "done" else seconds))
     return rows
 
 

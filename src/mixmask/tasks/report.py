@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from mixmask.report import collect, figures, html, plots, tables
-from mixmask.results import CKACurves, OcclusionCurve, ShapeBias, Variant
+from mixmask.results import CKACurves, OcclusionCurve, ShapeBias, Variant, by_name
 
 
 def _say(message: str) -> None:
@@ -37,8 +37,15 @@ def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path
     meta = collect.read_meta(sweep_dir)
     out_dir = Path(out) if out else sweep_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    states = "; ".join(v.name + ": " + ", ".join(f"{s} {run.status}" for s, run in v.runs.items()) for v in variants)
-    _say(f"{len(variants)} variant(s): {states}")
+    groups = by_name(variants)
+    states = "; ".join(
+        v.name + (f"/seed{v.seed}" if len(groups[v.name]) > 1 else "") + ": "
+        + ", ".join(f"{s} {run.status}" for s, run in v.runs.items())
+        for v in variants
+    )  # fmt: skip
+    _say(f"{len(groups)} variant(s): {states}")
+    # the figures and training curves show each variant's first seed; the tables and comparisons use every seed
+    shown = [replicates[0] for replicates in groups.values()]
 
     rows1, count_rows, summary_rows = tables.table1(variants), tables.counts(variants), tables.summary(variants)
     (out_dir / "table1.md").write_text(tables.table1_markdown(rows1))
@@ -50,12 +57,12 @@ def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path
     _say(f"tables -> {out_dir}/{{table1,counts,summary}}.{{md,csv}}")
 
     written: dict[str, Path | None] = {}
-    factors = {v.name: f for v in variants if (f := tables.factors_of(v)) is not None}
+    factors = {v.name: f for v in shown if (f := tables.factors_of(v)) is not None}
     plan = [
         ("figure2", "figure2_error_ratios.png", factors, plots.error_ratio_bars),
-        ("occlusion", "occlusion.png", _by_variant(variants, "occlusion", OcclusionCurve), plots.occlusion_curve),
-        ("cka", "cka.png", _by_variant(variants, "cka", CKACurves), plots.cka_curves),
-        ("shape-bias", "shape_bias.png", _by_variant(variants, "shape_bias", ShapeBias), plots.shape_bias_bars),
+        ("occlusion", "occlusion.png", _by_variant(shown, "occlusion", OcclusionCurve), plots.occlusion_curve),
+        ("cka", "cka.png", _by_variant(shown, "cka", CKACurves), plots.cka_curves),
+        ("shape-bias", "shape_bias.png", _by_variant(shown, "shape_bias", ShapeBias), plots.shape_bias_bars),
     ]
     for key, name, data, draw in plan:
         target = out_dir / name
@@ -63,11 +70,11 @@ def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path
         written[key] = draw(data, target) if data else None
     target = out_dir / "figure3_reconstructions.png"
     target.unlink(missing_ok=True)
-    written["figure3"] = figures.reconstruction_grid(variants, target)
+    written["figure3"] = figures.reconstruction_grid(shown, target)
     _say("figures -> " + ", ".join(f"{key} {'written' if p else 'no data yet'}" for key, p in written.items()))
 
     curves: dict[str, Path | None] = {}
-    for v in variants:
+    for v in shown:
         target = out_dir / f"curves_{tables.safe_name(v.name)}.png"
         target.unlink(missing_ok=True)
         runs = {
@@ -76,9 +83,12 @@ def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path
             if stage in ("pretrain", "finetune")
         }
         curves[v.name] = figures.training_curves(runs, target, title=v.name) if runs else None
-    _say(f"training curves for {sum(p is not None for p in curves.values())} of {len(variants)} variant(s)")
+    _say(f"training curves for {sum(p is not None for p in curves.values())} of {len(shown)} variant(s)")
 
     notes = []
+    if len(shown) < len(variants):
+        seeds = ", ".join(f"{v.name} seed {v.seed}" for v in shown if len(groups[v.name]) > 1)
+        notes.append(f"Figures and training curves show one seed of each variant ({seeds}); the tables use every seed.")
     if not (sweep_dir / "results.sqlite").is_file():
         notes.append(f"{sweep_dir} has no results store: only the run folders named on the command line are shown.")
     page = html.write_html(

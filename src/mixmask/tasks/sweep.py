@@ -7,14 +7,18 @@ A sweep file names the base configs of the three stages and a list of variants, 
     finetune: ../finetune/tiny_shapesx.yaml
     evaluate: {eval: {cka_images: 500}}               # layered on each variant's finetune config
     common: [data.image_size=64]                      # overrides for every stage
+    seeds: [0, 1, 2]                                  # replicates: every variant once per seed (train.seed)
     variants:
       - {name: patch4_r60, pretrain: ["masking.strategies=[{patch_size: 4, ratio: 0.6}]"]}
       - {name: mocov3, pretrain: ../pretrain/mocov3_tiny_shapesx.yaml}   # a file: this variant's own base
       - {name: scratch, stages: [finetune, evaluate]}
 
 Every variant's configs are built and checked before anything runs, so a bad variant fails at once. Stage runs go to
-``SWEEP_DIR/runs/<variant>/<stage>``; the store (``SWEEP_DIR/results.sqlite``) records their status, time and final
-metrics. Running the same command again skips finished stages and resumes interrupted ones from their checkpoints.
+``SWEEP_DIR/runs/<variant>/<stage>``, or ``SWEEP_DIR/runs/<variant>/seed<k>/<stage>`` with ``seeds`` (every stage
+of replicate k runs with ``train.seed=k``; the data and the evaluation's occlusion masks stay the same, so replicates
+differ only by their training randomness). The store (``SWEEP_DIR/results.sqlite``) records each (variant, seed,
+stage) run's status, time and final metrics. Running the same command again skips finished runs and resumes
+interrupted ones from their checkpoints; seeds added to the file later are run then.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from mixmask.engine.checkpoint import has_checkpoint
 from mixmask.store import ResultsStore
 
 STAGES = ("pretrain", "finetune", "evaluate")
-SWEEP_KEYS = ("name", "description", "pretrain", "finetune", "evaluate", "common", "nproc", "variants")
+SWEEP_KEYS = ("name", "description", "pretrain", "finetune", "evaluate", "common", "nproc", "seeds", "variants")
 VARIANT_KEYS = ("name", "description", "stages", "pretrain", "finetune", "evaluate")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -82,6 +86,11 @@ class Sweep:
     text: str
     nproc: int
     variants: list[PlannedVariant]
+    seeds: list[int] | None = None  # None: one run per variant, with its configs' own train.seed
+
+    def replicates(self, variant: PlannedVariant) -> list[int]:
+        """The seeds ``variant`` runs with: the sweep's ``seeds``, else its first stage's ``train.seed``."""
+        return self.seeds if self.seeds is not None else [variant.configs[variant.stages[0]].train.seed]
 
 
 def _error(where: str, message: str) -> ConfigError:
@@ -125,6 +134,14 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
     nproc = data.get("nproc", 1)
     if not isinstance(nproc, int) or nproc < 1:
         raise _error("`nproc`", f"got {nproc!r}; expected processes per stage, an integer >= 1")
+    seeds = data.get("seeds")
+    if seeds is not None and (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise _error("`seeds`", f"got {seeds!r}; expected a list of distinct integers >= 0, e.g. [0, 1, 2]")
     common = _overrides(data.get("common"), "`common`")
     bases = {stage: _base(data.get(stage), f"`{stage}`", folder) for stage in STAGES}
     raw_variants = data.get("variants")
@@ -181,7 +198,7 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
                         "the variant's finetune overrides (or in `common`)",
                     )
         variants.append(variant)
-    return Sweep(name, str(data.get("description", "")), Path(path) if path else None, text, nproc, variants)
+    return Sweep(name, str(data.get("description", "")), Path(path) if path else None, text, nproc, variants, seeds)
 
 
 def _stage_config(stage: str, bases: dict[str, dict], common: list[str], variant: PlannedVariant) -> Config:
@@ -197,8 +214,15 @@ def _stage_config(stage: str, bases: dict[str, dict], common: list[str], variant
 # ------------------------------------------------------------------------------------------------------- running
 
 
-def run_dirs(sweep_dir: Path, variant: PlannedVariant) -> dict[str, Path]:
-    return {stage: sweep_dir / "runs" / variant.name / stage for stage in variant.stages}
+def run_dirs(sweep: Sweep, sweep_dir: Path, variant: PlannedVariant) -> dict[tuple[int, str], Path]:
+    """``{(seed, stage): run folder}``: ``runs/<variant>/<stage>``, or ``runs/<variant>/seed<k>/<stage>`` when the
+    sweep sets ``seeds``."""
+    folder = sweep_dir / "runs" / variant.name
+    return {
+        (seed, stage): (folder / f"seed{seed}" if sweep.seeds is not None else folder) / stage
+        for seed in sweep.replicates(variant)
+        for stage in variant.stages
+    }
 
 
 def machine() -> str:
@@ -222,7 +246,7 @@ def open_store(sweep: Sweep, sweep_dir: Path) -> ResultsStore:
         machine=machine(),
     )
     for position, variant in enumerate(sweep.variants):
-        dirs = {stage: str(path.relative_to(sweep_dir)) for stage, path in run_dirs(sweep_dir, variant).items()}
+        dirs = {key: str(path.relative_to(sweep_dir)) for key, path in run_dirs(sweep, sweep_dir, variant).items()}
         store.add_variant(variant.name, position, variant.spec(), dirs)
     return store
 
@@ -272,28 +296,37 @@ def run_stage(stage: str, cfg: Config, run_dir: Path, nproc: int = 1) -> dict[st
 
 
 def run_variant(sweep: Sweep, variant: PlannedVariant, sweep_dir: Path, store: ResultsStore) -> bool:
-    """Every unfinished stage of ``variant`` in order; stops at the first failure. True when all are done."""
-    dirs = run_dirs(sweep_dir, variant)
+    """Every unfinished stage of every replicate of ``variant``, seed by seed, stages in order; a failed stage
+    stops its replicate (the next seed still runs). True when all are done."""
+    dirs = run_dirs(sweep, sweep_dir, variant)
+    replicated = sweep.seeds is not None
+    failed = False
     with locked(sweep_dir / "runs" / variant.name / ".lock"):
-        for stage in variant.stages:
-            if store.run(variant.name, stage)["status"] == "done":
-                continue
-            cfg = load_config(None, base=to_dict(variant.configs[stage]))
-            if stage in ("finetune", "evaluate") and "pretrain" in variant.stages:
-                cfg.finetune.init = str(dirs["pretrain"])  # evaluate: as in the finetuned run's saved config
-            if stage == "evaluate":
-                cfg.eval.run = str(dirs["finetune" if "finetune" in variant.stages else "pretrain"])
-            print(f"== {variant.name}: {stage} -> {dirs[stage]}", flush=True)
-            store.start(variant.name, stage)
-            start = time.perf_counter()
-            try:
-                results = run_stage(stage, cfg, dirs[stage], sweep.nproc if stage != "evaluate" else 1)
-            except Exception as error:  # recorded, then the next variant runs; KeyboardInterrupt leaves it "running"
-                store.fail(variant.name, stage, f"{type(error).__name__}: {error}", time.perf_counter() - start)
-                print(f"!! {variant.name}: {stage} failed: {error}", file=sys.stderr, flush=True)
-                return False
-            store.finish(variant.name, stage, results, time.perf_counter() - start)
-    return True
+        for seed in sweep.replicates(variant):
+            name = f"{variant.name} (seed {seed})" if replicated else variant.name
+            for stage in variant.stages:
+                if store.run(variant.name, seed, stage)["status"] == "done":
+                    continue
+                cfg = load_config(None, base=to_dict(variant.configs[stage]))
+                if replicated:
+                    cfg.train.seed = seed
+                if stage in ("finetune", "evaluate") and "pretrain" in variant.stages:
+                    cfg.finetune.init = str(dirs[seed, "pretrain"])  # evaluate: as in the finetuned run's config
+                if stage == "evaluate":
+                    cfg.eval.run = str(dirs[seed, "finetune" if "finetune" in variant.stages else "pretrain"])
+                print(f"== {name}: {stage} -> {dirs[seed, stage]}", flush=True)
+                store.start(variant.name, seed, stage)
+                start = time.perf_counter()
+                try:
+                    results = run_stage(stage, cfg, dirs[seed, stage], sweep.nproc if stage != "evaluate" else 1)
+                except Exception as error:  # recorded, then the next replicate runs; Ctrl-C leaves it "running"
+                    message = f"{type(error).__name__}: {error}"
+                    store.fail(variant.name, seed, stage, message, time.perf_counter() - start)
+                    print(f"!! {name}: {stage} failed: {error}", file=sys.stderr, flush=True)
+                    failed = True
+                    break
+                store.finish(variant.name, seed, stage, results, time.perf_counter() - start)
+    return not failed
 
 
 def run_sweep(sweep: Sweep, sweep_dir: str | Path, jobs: int = 1, only: str | None = None) -> int:
