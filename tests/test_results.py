@@ -104,6 +104,7 @@ EVALUATION = {
     "reconstruction": [{"strategy": 0, "patch_size": 4, "ratio": 0.6, "stage": 1, "psnr_masked": 16.9,
                         "figure": "reconstructions/p4_r0.6_s1.png", "images": "reconstructions/p4_r0.6_s1.safetensors"}],
     "reconstruction_run": "runs/p4/pretrain",
+    "per_image": {"top1": "val_predictions.csv", "factors": "factor_images.csv"},
     "task": "evaluate",
 }  # fmt: skip
 

@@ -463,6 +463,9 @@ class EvaluateResults(_Record):
     shape_bias: ShapeBias | Skipped | None = None
     reconstruction: list[Reconstruction] | None = None
     reconstruction_run: str | None = None
+    # metric -> its per-image CSV in the evaluation folder (val, factors, occlusion, shape_bias): the paired tests
+    # read them, and users re-analyse them
+    per_image: dict[str, str] = field(default_factory=dict)
     task: str = "evaluate"
 
     def to_json(self) -> dict[str, Any]:

@@ -296,6 +296,14 @@ def test_shapesx_correct_on_one_factor(shapes_rows):
     kept = evaluate_annotations(predictions, shapes_rows, which_factor="multi", filter_prototypes=False)
     assert kept.images == 340 and kept.counts == multi.counts and kept.average == average * 320 / 340
 
+    # the scored images, as the per-image record writes them: they give back every count and the average
+    names, correct, shows = multi.scored
+    by_name = {r["file_name"]: r for r in scored}
+    assert sorted(names) == sorted(by_name) and correct.mean() == multi.average
+    assert all(bool(c) == bool(by_name[n]["texture"]) for n, c in zip(names, correct, strict=True))
+    assert {f: int(shows[:, k].sum()) for k, f in enumerate(FACTORS)} == multi.counts
+    assert {f: int((shows[:, k] & correct).sum()) for k, f in enumerate(FACTORS)} == multi.correct
+
 
 def test_shapesx_subset_and_bad_input(shapes_rows):
     some = {r["file_name"]: r["class"] for r in shapes_rows[:34]}  # two cycles: 32 factor images, 2 prototypes

@@ -64,12 +64,12 @@ def test_cue_conflict_predictions_on_shapesx():
         logits[:, CLASSES.index("star")] = 1.0
         return logits
 
-    predictions, shapes, textures = cue_conflict_predictions(always_star, dataset, batch_size=16, device="cpu")
+    predictions, shapes, textures, indices = cue_conflict_predictions(always_star, dataset, batch_size=16, device="cpu")
     assert seen == [(16, 3, 32, 32), (16, 3, 32, 32), (8, 3, 32, 32)]
     annotations = [dataset.annotation(i) for i in range(40)]
     assert shapes == [a["shape"] for a in annotations]
     assert textures == [a["texture"] for a in annotations]
-    assert predictions == [3] * 40
+    assert predictions == [3] * 40 and indices == list(range(40))
 
     result = shape_bias(predictions, shapes, textures, CLASSES)
     star_shape = sum(a["shape"] == 3 for a in annotations)

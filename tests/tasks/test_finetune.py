@@ -223,6 +223,25 @@ def test_evaluate_writes_every_metric_with_its_settings_and_plots(runs, tmp_path
     assert (out / results["reconstruction"][0]["figure"]).is_file()
     assert load_config(ft / "config.yaml").eval.run == ""  # the run's own config is left alone
 
+    # the per-image records give back every number above
+    import csv
+
+    def rows(metric):
+        with (out / results["per_image"][metric]).open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    val = rows("top1")
+    assert sum(int(r["correct"]) for r in val) / len(val) == pytest.approx(results["accuracy"]["top1"])
+    scored = rows("factors")
+    assert len(scored) == 320 and sum(int(r["correct"]) for r in scored) / 320 == pytest.approx(factors["average"])
+    texture = [r for r in scored if r["texture"] == "1"]
+    assert sum(int(r["correct"]) for r in texture) == factors["factors"]["texture"]["correct"]
+    occluded = rows("occlusion")
+    assert [sum(int(r[f"correct@{q:g}"]) for r in occluded) for q in occlusion["ratios"]] == occlusion["correct"]
+    assert [r["file_name"] for r in occluded] == [r["file_name"] for r in val]  # the same images, in order
+    conflict = rows("shape_bias")
+    assert (sum(int(r["shape_decision"]) for r in conflict), len(conflict)) == (bias["shape_decisions"], 100)
+
 
 def test_evaluate_refuses_what_it_cannot_evaluate(runs, tmp_path, capsys):
     assert main(["evaluate", "eval.cka=false"]) == 2

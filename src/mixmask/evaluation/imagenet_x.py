@@ -197,6 +197,8 @@ class FactorResults:
     images: int
     thin: list[str]
     settings: dict = field(default_factory=dict)
+    # the scored images, for paired comparisons and re-analysis: file name, correct, factor matrix (n, 16)
+    scored: tuple[list[str], np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         """JSON-ready; nan becomes None."""
@@ -241,8 +243,8 @@ class FactorResults:
         return "\n".join(lines)
 
 
-def _score(correct: np.ndarray, factors: np.ndarray, min_count: int, settings: dict) -> FactorResults:
-    """Results from per-image correctness (n,) and the factor matrix (n, 16) of the joined images."""
+def _score(correct: np.ndarray, factors: np.ndarray, min_count: int, settings: dict, names: list[str]) -> FactorResults:
+    """Results from per-image correctness (n,) and the factor matrix (n, 16) of the joined images (``names``)."""
     counts = factors.sum(0)
     hits = (factors & correct[:, None]).sum(0)
     images = int(correct.size)
@@ -262,6 +264,7 @@ def _score(correct: np.ndarray, factors: np.ndarray, min_count: int, settings: d
         images=images,
         thin=[f for k, f in enumerate(FACTORS) if counts[k] < min_count],
         settings={**settings, "min_count": min_count},
+        scored=(list(names), correct.astype(bool), factors.astype(bool)),
     )
 
 
@@ -411,7 +414,7 @@ def evaluate(
         # a subset model cannot be right on images of other classes; worth knowing when reading the numbers
         settings["outside_classes"] = int((~np.isin(ann.classes[keep], to_1k)).sum())
     correct = row_prediction[keep] == ann.classes[keep]
-    return _score(correct, ann.factors[keep], min_count, settings)
+    return _score(correct, ann.factors[keep], min_count, settings, [val_names[i] for i in ann.val_index[keep]])
 
 
 def evaluate_annotations(
@@ -479,7 +482,7 @@ def evaluate_annotations(
         "rows": len(row_names),
         "prototypes_dropped": int((~keep).sum()),
     }
-    return _score(correct, factors, min_count, settings)
+    return _score(correct, factors, min_count, settings, [names[i] for i in np.flatnonzero(keep)])
 
 
 def shapesx_rows(dataset) -> list[dict]:

@@ -189,34 +189,55 @@ def map_over_ratios(
 
 
 @torch.no_grad()
+def occlusion_predictions(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[Batch],
+    settings: OcclusionSettings,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image: its data-set index ``(n,)``, label ``(n,)`` and top-1 prediction at every occlusion ratio
+    ``(n, ratios)``; each batch is occluded at all ratios in turn (the data are read once). ``classify(images)``
+    returns logits; put the model in eval mode first. Ratios that drop the same number of cells give the same images
+    and share one forward pass."""
+    indices, labels, predictions = [], [], []
+    for batch in batches:
+        if len(batch) == 0:
+            continue
+
+        def predict(images: torch.Tensor) -> torch.Tensor:
+            return classify(images).argmax(dim=1).cpu()
+
+        per_ratio = map_over_ratios(predict, batch.images.to(device), batch.indices, settings)
+        indices.append(batch.indices.cpu())
+        labels.append(batch.labels.cpu())
+        predictions.append(torch.stack(per_ratio, dim=1))
+    if not indices:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, torch.zeros(0, len(settings.ratios), dtype=torch.long)
+    return torch.cat(indices), torch.cat(labels), torch.cat(predictions)
+
+
+def occlusion_curve(labels: torch.Tensor, predictions: torch.Tensor, settings: OcclusionSettings) -> dict:
+    """Top-1 accuracy at every occlusion ratio from ``occlusion_predictions`` (ratio 0 is the clean accuracy)."""
+    correct = (predictions == labels[:, None]).sum(dim=0).tolist() if len(labels) else [0] * len(settings.ratios)
+    images = len(labels)
+    return {
+        "ratios": list(settings.ratios),
+        "accuracy": [c / images if images else None for c in correct],
+        "correct": correct,
+        "images": images,
+        "patch_size": settings.patch_size,
+        "fill": settings.fill,
+        "seed": settings.seed,
+    }
+
+
 def occlusion_accuracy(
     classify: Callable[[torch.Tensor], torch.Tensor],
     batches: Iterable[Batch],
     settings: OcclusionSettings,
     device: torch.device | str = "cpu",
 ) -> dict:
-    """Top-1 accuracy at every occlusion ratio, each batch occluded at all ratios in turn (the data are read once).
-    ``classify(images)`` returns logits; put the model in eval mode first. Ratios that drop the same number of cells
-    give the same images and share one forward pass (ratio 0 is the clean accuracy)."""
-    correct = [0] * len(settings.ratios)
-    images_seen = 0
-    for batch in batches:
-        if len(batch) == 0:
-            continue
-        labels = batch.labels.to(device)
-
-        def hits(images: torch.Tensor, labels: torch.Tensor = labels) -> int:
-            return int((classify(images).argmax(dim=1) == labels).sum())
-
-        per_ratio = map_over_ratios(hits, batch.images.to(device), batch.indices, settings)
-        correct = [c + h for c, h in zip(correct, per_ratio, strict=True)]
-        images_seen += len(batch)
-    return {
-        "ratios": list(settings.ratios),
-        "accuracy": [c / images_seen if images_seen else None for c in correct],
-        "correct": correct,
-        "images": images_seen,
-        "patch_size": settings.patch_size,
-        "fill": settings.fill,
-        "seed": settings.seed,
-    }
+    """Top-1 accuracy at every occlusion ratio (``occlusion_curve`` of ``occlusion_predictions``)."""
+    _, labels, predictions = occlusion_predictions(classify, batches, settings, device)
+    return occlusion_curve(labels, predictions, settings)

@@ -88,8 +88,8 @@ def cue_conflict_predictions(
     batch_size: int,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
-) -> tuple[list[int], list[int], list[int]]:
-    """Top-1 predictions, shape labels and texture labels on a cue-conflict split: ``dataset`` yields
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Top-1 predictions, shape labels, texture labels and data-set indices of the images on a cue-conflict split: ``dataset`` yields
     ``(image tensor, label, index)`` items (ShapesX("cue_conflict", transform=...)) and ``dataset.annotation(i)`` has
     ``shape`` and ``texture``. ``classify(images)`` returns logits; put the model in eval mode first. Unreadable
     images are skipped (they appear in none of the lists)."""
@@ -102,12 +102,14 @@ def cue_conflict_predictions(
     predictions: list[int] = []
     shapes: list[int] = []
     textures: list[int] = []
+    indices: list[int] = []
     for batch in loader:
         if len(batch) == 0:
             continue
         predictions.extend(classify(batch.images.to(device)).argmax(dim=1).cpu().tolist())
+        indices.extend(batch.indices.tolist())
         for index in batch.indices.tolist():
             annotation = dataset.annotation(index)
             shapes.append(int(annotation["shape"]))
             textures.append(int(annotation["texture"]))
-    return predictions, shapes, textures
+    return predictions, shapes, textures, indices

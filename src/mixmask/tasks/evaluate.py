@@ -26,7 +26,7 @@ from mixmask.engine.run_dir import resume_config, run_task, write_json
 from mixmask.evaluation import imagenet_x
 from mixmask.evaluation.cka import occlusion_invariance
 from mixmask.evaluation.classification import Outputs, collect, topk_accuracy
-from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_accuracy
+from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_curve, occlusion_predictions
 from mixmask.evaluation.reconstruction import reconstruct
 from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
 from mixmask.models.classifier import Classifier, classes_in, read_weights
@@ -78,17 +78,31 @@ def load_classifier(cfg: Config, run_dir: Path, device: torch.device) -> Classif
     return classifier.to(device).eval()
 
 
-def write_predictions(path: Path, dataset, outputs: Outputs) -> dict[str, int]:
-    """Per-image predictions as CSV (file_name, label, prediction, class names), so any number can be recomputed
-    with other tools; returns ``{file_name: predicted index}``."""
-    names = [dataset.file_name(i) for i in outputs.indices.tolist()]
-    predicted = outputs.values.argmax(1).tolist()
+def write_csv(path: Path, header: list[str], rows) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file_name", "label", "prediction", "label_name", "prediction_name"])
-        for name, label, guess in zip(names, outputs.labels.tolist(), predicted, strict=True):
-            writer.writerow([name, label, guess, dataset.classes[label], dataset.classes[guess]])
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_predictions(path: Path, dataset, outputs: Outputs) -> dict[str, int]:
+    """Per-image predictions as CSV (file_name, label, prediction, correct, class names), so any number can be
+    recomputed with other tools; returns ``{file_name: predicted index}``."""
+    names = [dataset.file_name(i) for i in outputs.indices.tolist()]
+    predicted = outputs.values.argmax(1).tolist()
+    rows = (
+        [name, label, guess, int(label == guess), dataset.classes[label], dataset.classes[guess]]
+        for name, label, guess in zip(names, outputs.labels.tolist(), predicted, strict=True)
+    )
+    write_csv(path, ["file_name", "label", "prediction", "correct", "label_name", "prediction_name"], rows)
     return dict(zip(names, predicted, strict=True))
+
+
+def write_factor_images(path: Path, factors: imagenet_x.FactorResults) -> None:
+    """The images the factor table scored: file name, correct (0/1) and one 0/1 column per factor."""
+    names, correct, shows = factors.scored
+    rows = ([name, int(c), *map(int, row)] for name, c, row in zip(names, correct, shows, strict=True))
+    write_csv(path, ["file_name", "correct", *imagenet_x.FACTORS], rows)
 
 
 def factor_results(
@@ -159,6 +173,7 @@ def evaluate_classifier(
     results.accuracy = Accuracy(topk_accuracy(val_outputs.values, val_outputs.labels, ev.topk), len(val_outputs.labels))
     results.unreadable_images = [{"path": s.path, "error": s.error} for s in val_outputs.skipped]
     val_predictions = write_predictions(out_dir / "val_predictions.csv", val_set, val_outputs)
+    results.per_image["top1"] = "val_predictions.csv"
     print("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in results.accuracy.topk.items()))
     lap("accuracy")
 
@@ -169,6 +184,8 @@ def evaluate_classifier(
             print(f"factors skipped: {factors}")
         else:
             results.factors = Factors.from_json(factors.to_dict())
+            write_factor_images(out_dir / "factor_images.csv", factors)
+            results.per_image["factors"] = "factor_images.csv"
             plots.factor_accuracy_bars(results.factors, out_dir / "factor_accuracy.png")
             plots.error_ratio_bars(results.factors, out_dir / "error_ratio.png")
             print(factors.table())
@@ -177,7 +194,16 @@ def evaluate_classifier(
     if ev.occlusion or ev.cka:  # built only when used: it insists on at least one ratio
         occlusion = OcclusionSettings.from_config(cfg)
     if ev.occlusion:
-        results.occlusion = OcclusionCurve(**occlusion_accuracy(classifier, val_loader, occlusion, device=device))
+        indices, labels, predicted = occlusion_predictions(classifier, val_loader, occlusion, device=device)
+        results.occlusion = OcclusionCurve(**occlusion_curve(labels, predicted, occlusion))
+        header = ["file_name", "label"] + [f"prediction@{r:g}" for r in occlusion.ratios]
+        header += [f"correct@{r:g}" for r in occlusion.ratios]
+        rows = (
+            [val_set.file_name(i), label, *guesses, *(int(g == label) for g in guesses)]
+            for i, label, guesses in zip(indices.tolist(), labels.tolist(), predicted.tolist(), strict=True)
+        )
+        write_csv(out_dir / "occlusion_predictions.csv", header, rows)
+        results.per_image["occlusion"] = "occlusion_predictions.csv"
         plots.occlusion_curve(results.occlusion, out_dir / "occlusion.png")
         lap("occlusion")
 
@@ -195,8 +221,17 @@ def evaluate_classifier(
     if ev.shape_bias:
         if data.dataset == "shapesx":
             cue_conflict = build_dataset(data, "cue_conflict", transform)
-            predicted, shapes, textures = cue_conflict_predictions(classifier, cue_conflict, ev.batch_size, device)
+            predicted, shapes, textures, indices = cue_conflict_predictions(
+                classifier, cue_conflict, ev.batch_size, device
+            )
             results.shape_bias = ShapeBias(**shape_bias(predicted, shapes, textures, cue_conflict.classes))
+            rows = (
+                [cue_conflict.file_name(i), shape, texture, guess, int(guess == shape), int(guess == texture)]
+                for i, shape, texture, guess in zip(indices, shapes, textures, predicted, strict=True)
+            )
+            header = ["file_name", "shape", "texture", "prediction", "shape_decision", "texture_decision"]
+            write_csv(out_dir / "cue_conflict_predictions.csv", header, rows)
+            results.per_image["shape_bias"] = "cue_conflict_predictions.csv"
             plots.shape_bias_bars(results.shape_bias, out_dir / "shape_bias.png")
             print(f"shape bias: {results.shape_bias.shape_bias:.3f}")
         else:
