@@ -19,8 +19,8 @@ from mixmask.evaluation.statistics import (
 )
 
 
-def _mean(columns, index):
-    return columns["value"][index].mean(axis=1)
+def _mean(columns, weights):
+    return weights @ columns["value"] / weights.sum(axis=1)
 
 
 def test_mcnemar_p_value_is_the_exact_binomial_sum_over_discordant_pairs():
@@ -93,3 +93,17 @@ def test_statistics_agree_with_the_evaluations_they_stand_for():
     expected = shape_bias_of_predictions(predictions, shapes, textures, ["a", "b", "c"])["shape_bias"]
     columns = {"shape": predictions == shapes, "texture": predictions == textures}
     assert observed(shape_bias, columns) == pytest.approx(expected) == pytest.approx(2 / 5)
+
+
+def test_bootstrap_of_an_accuracy_matches_the_closed_form_mcnemar_interval():
+    """On 0/1 columns the resamples are multinomial counts over the distinct rows: their interval is the normal
+    approximation of the paired difference of proportions when the counts are large."""
+    reference = np.array([0] * 150 + [1] * 100 + [1] * 1200 + [0] * 550, bool)  # b = 150, c = 100, n = 2000
+    model = np.array([1] * 150 + [0] * 100 + [1] * 1200 + [0] * 550, bool)
+    exact = mcnemar(reference, model)
+    boot = paired_bootstrap(accuracy, {"correct": reference}, {"correct": model}, resamples=8000, seed=4)
+    half = (exact.ci_high - exact.ci_low) / 2
+    assert boot.difference == pytest.approx(exact.difference) and exact.difference == 50 / 2000
+    assert boot.ci_low == pytest.approx(exact.ci_low, abs=0.06 * half)
+    assert boot.ci_high == pytest.approx(exact.ci_high, abs=0.06 * half)
+    assert boot.p_value == pytest.approx(exact.p_value, rel=0.35)  # both about 0.002

@@ -2,10 +2,14 @@
 images for ratios (error ratio, shape bias), a hierarchical bootstrap (seeds, then images) for the mean difference
 over replicate seeds, and Holm's correction across a table's rows.
 
-A metric is a *statistic* of per-image columns: ``statistic(columns, index) -> values``, where ``columns`` maps names
-to arrays with one entry per image (``correct``, ``shape``, ...) and ``index`` is an ``(R, n)`` array of image
-indices (one resample per row; ``np.arange(n)[None]`` for the observed value). The two models' columns must be
+A metric is a *statistic* of per-image columns: ``statistic(columns, weights) -> values``, where ``columns`` maps names
+to arrays with one entry per row (``correct``, ``shape``, ...) and ``weights`` is an ``(R, rows)`` array saying how
+often each row is drawn in each of R resamples (all ones for the observed value). The two models' columns must be
 aligned image by image: the resamples draw the same images for both, which is what makes the comparison paired.
+
+Images that agree on every column of both models are interchangeable, so a resample of n images with replacement
+is drawn as multinomial counts over the distinct rows: the same distribution as drawing image indices, at the cost
+of the few distinct rows (8 for an accuracy on 0/1 columns) instead of n.
 
 Choices, written down: bootstrap intervals are percentile intervals; a bootstrap p-value is the two-sided
 ``2 * min(P(d <= 0), P(d >= 0))`` of the resampled differences with the +1 correction of Davison & Hinkley, so it
@@ -16,6 +20,7 @@ proportions (the p-value is exact). scipy provides the binomial test; the bootst
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +28,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 Columns = dict[str, np.ndarray]
-Statistic = Callable[[Columns, np.ndarray], np.ndarray]
+Statistic = Callable[[Columns, np.ndarray], np.ndarray]  # (columns, weights (R, rows)) -> (R,)
 Z95 = 1.959963984540054
 RESAMPLES = 2000
 
@@ -47,9 +52,9 @@ class PairedTest:
 # ------------------------------------------------------------------------------------------------ statistics
 
 
-def accuracy(columns: Columns, index: np.ndarray) -> np.ndarray:
+def accuracy(columns: Columns, weights: np.ndarray) -> np.ndarray:
     """Share of correct images (column ``correct``)."""
-    return columns["correct"][index].mean(axis=1)
+    return weights @ columns["correct"] / weights.sum(axis=1)
 
 
 def error_ratio(factor: str) -> Statistic:
@@ -57,25 +62,25 @@ def error_ratio(factor: str) -> Statistic:
     ``correct`` and ``factor/<name>``, one boolean per image). NaN in a resample without a factor image or an
     error."""
 
-    def statistic(columns: Columns, index: np.ndarray) -> np.ndarray:
-        correct, shows = columns["correct"][index], columns[f"factor/{factor}"][index]
+    def statistic(columns: Columns, weights: np.ndarray) -> np.ndarray:
+        correct, shows = columns["correct"], columns[f"factor/{factor}"]
         with np.errstate(divide="ignore", invalid="ignore"):
-            factor_error = 1 - (correct & shows).sum(axis=1) / shows.sum(axis=1)
-            return factor_error / (1 - correct.mean(axis=1))
+            factor_error = 1 - weights @ (correct * shows) / (weights @ shows)
+            return factor_error / (1 - weights @ correct / weights.sum(axis=1))
 
     return statistic
 
 
-def shape_bias(columns: Columns, index: np.ndarray) -> np.ndarray:
+def shape_bias(columns: Columns, weights: np.ndarray) -> np.ndarray:
     """Shape decisions over shape-or-texture decisions on cue-conflict images (columns ``shape``, ``texture``)."""
-    shape, texture = columns["shape"][index].sum(axis=1), columns["texture"][index].sum(axis=1)
+    shape, texture = weights @ columns["shape"], weights @ columns["texture"]
     with np.errstate(divide="ignore", invalid="ignore"):
         return shape / (shape + texture)
 
 
 def observed(statistic: Statistic, columns: Columns) -> float:
     n = len(next(iter(columns.values())))
-    return float(statistic(columns, np.arange(n)[None])[0])
+    return float(statistic(_floats(columns), np.ones((1, n)))[0])
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -89,12 +94,10 @@ def mcnemar(reference_correct: np.ndarray, correct: np.ndarray) -> PairedTest:
     n = len(correct)
     b, c = int((correct & ~reference_correct).sum()), int((reference_correct & ~correct).sum())
     difference = (b - c) / n
-    half = Z95 * np.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
-    p_value = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
-    return PairedTest(
-        "mcnemar", correct.mean(), reference_correct.mean(), difference, difference - half, difference + half,
-        float(p_value), n,
-    )  # fmt: skip
+    half = Z95 * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+    p_value = float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+    value, reference_value = float(correct.mean()), float(reference_correct.mean())
+    return PairedTest("mcnemar", value, reference_value, difference, difference - half, difference + half, p_value, n)
 
 
 def paired_bootstrap(
@@ -103,8 +106,7 @@ def paired_bootstrap(
     """The statistic's difference (model minus reference) with a percentile interval from ``resamples`` resamples
     of the images, the same images for both models."""
     n = _check_columns(reference, columns)
-    index = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    differences = statistic(columns, index) - statistic(reference, index)
+    differences = _resampled_differences(statistic, reference, columns, resamples, np.random.default_rng(seed))
     value, reference_value = observed(statistic, columns), observed(statistic, reference)
     return _from_resamples("bootstrap", value, reference_value, differences, n, 1)
 
@@ -125,9 +127,8 @@ def hierarchical_bootstrap(
     # per seed, k independent image resamples per bootstrap round: whichever slot a seed is drawn into
     per_seed = []
     for reference, columns in pairs:
-        n = _check_columns(reference, columns)
-        index = rng.integers(0, n, size=(resamples * k, n))
-        per_seed.append((statistic(columns, index) - statistic(reference, index)).reshape(resamples, k))
+        _check_columns(reference, columns)
+        per_seed.append(_resampled_differences(statistic, reference, columns, resamples * k, rng).reshape(resamples, k))
     drawn = rng.integers(0, k, size=(resamples, k))
     differences = np.stack(per_seed)[drawn, np.arange(resamples)[:, None], np.arange(k)[None]].mean(axis=1)
     value = float(np.mean([observed(statistic, columns) for _, columns in pairs]))
@@ -150,6 +151,25 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _floats(columns: Columns) -> Columns:
+    return {name: np.asarray(values, dtype=float) for name, values in columns.items()}
+
+
+def _resampled_differences(
+    statistic: Statistic, reference: Columns, columns: Columns, resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``resamples`` draws of model minus reference, each on n images drawn with replacement (the same images for
+    both), drawn as multinomial counts over the distinct joint rows."""
+    names = sorted(columns)
+    joint = np.stack([np.asarray(reference[c], float) for c in names] + [np.asarray(columns[c], float) for c in names])
+    rows, counts = np.unique(joint.T, axis=0, return_counts=True)
+    n = int(counts.sum())
+    weights = rng.multinomial(n, counts / n, size=resamples).astype(float)
+    ref = {c: rows[:, i] for i, c in enumerate(names)}
+    model = {c: rows[:, len(names) + i] for i, c in enumerate(names)}
+    return statistic(model, weights) - statistic(ref, weights)
 
 
 def _from_resamples(
