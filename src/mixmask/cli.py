@@ -100,7 +100,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from mixmask.tasks.report import report
 
-    page = report(args.sweep_dir, extra_runs=args.runs, out=args.out)
+    page = report(args.sweep_dir, extra_runs=args.runs, out=args.out, reference=args.reference)
     print(f"report: {Path(page).resolve()}")
     return 0
 
@@ -242,10 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep_dir", metavar="SWEEP_DIR")
     report.add_argument("runs", nargs="*", metavar="RUN_DIR", help="more evaluated runs to include as variants")
     report.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/report)")
+    report.add_argument(
+        "--reference",
+        default=None,
+        metavar="VARIANT",
+        help="the variant every other is compared with (default: the sweep's `reference`, else scratch)",
+    )
     report.set_defaults(func=cmd_report)
 
     demo = commands.add_parser(
-        "demo", help="the Mix-and-Mask study on ShapesX (CPU, about 5 minutes), then its HTML report"
+        "demo", help="the Mix-and-Mask study on ShapesX, two seeds (CPU, about 8 minutes), then its HTML report"
     )
     demo.add_argument("--out", default="mixmask-demo", help="sweep folder (default: mixmask-demo); rerun to resume")
     demo.add_argument("--jobs", type=int, default=1, help="variants run at once, each in its own process")

@@ -487,6 +487,29 @@ class EvaluateResults(_Record):
         )
 
 
+@dataclass(frozen=True)
+class Comparison(_Record):
+    """One row of ``comparisons.csv``: ``variant`` against ``reference`` on one metric, for one seed (or ``all``:
+    pooled over the seeds both ran), paired on the same images. ``difference`` is variant minus reference with its
+    95 % interval; ``p_holm`` is Holm-corrected within the rows of the same reference and seed level."""
+
+    variant: str
+    reference: str
+    metric: str  # top1, factor_average, factor_acc/<factor>, error_ratio/<factor>, occlusion/<ratio>, shape_bias
+    seed: str  # the seed, or "all"
+    test: str  # mcnemar | bootstrap | hierarchical_bootstrap
+    n_images: int
+    n_seeds: int
+    value: float
+    reference_value: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_holm: float
+    significant: bool
+
+
 RunResults = PretrainResults | FinetuneResults | EvaluateResults
 RESULTS = {"pretrain": PretrainResults, "finetune": FinetuneResults, "evaluate": EvaluateResults}
 

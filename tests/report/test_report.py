@@ -42,6 +42,7 @@ VARIANTS = {
     "scratch": None,
 }
 FILES = [
+    "comparisons.csv",
     "table1.md",
     "table1.csv",
     "counts.md",
@@ -55,7 +56,7 @@ FILES = [
     *[f"curves_{name}.png" for name in VARIANTS],
     "report.html",
 ]
-SECTION_IDS = ["table1", "figure2", "figure3", "occlusion", "cka", "shape-bias", "variants"]
+SECTION_IDS = ["resolved", "table1", "figure2", "figure3", "occlusion", "cka", "shape-bias", "variants"]
 
 
 def _run(store: ResultsStore, name: str, stage: str, job) -> None:
@@ -116,6 +117,31 @@ def test_every_results_file_reads_as_its_record_and_writes_back_unchanged(sweep)
     for file in files:
         data = json.loads(file.read_text())
         assert results_from_json(data, str(file)).to_json() == data
+
+
+@pytest.mark.slow
+def test_comparisons_with_scratch_come_from_the_per_image_records(sweep, built):
+    with (built.parent / "comparisons.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["variant"], r["reference"], r["seed"]) for r in rows} == {
+        ("p4", "scratch", "0"),
+        ("mixed_4_16", "scratch", "0"),
+    }
+    by = {(r["variant"], r["metric"]): r for r in rows}
+    for name in ("p4", "mixed_4_16"):
+        top1 = by[name, "top1"]
+        expected = _evaluate_results(sweep, name)["accuracy"]["top1"]
+        reference = _evaluate_results(sweep, "scratch")["accuracy"]["top1"]
+        assert float(top1["value"]) == pytest.approx(expected) and float(top1["reference_value"]) == pytest.approx(
+            reference
+        )
+        assert top1["test"] == "mcnemar" and int(top1["n_images"]) == 64
+        assert float(top1["ci_low"]) <= float(top1["difference"]) <= float(top1["ci_high"])
+        assert float(top1["p_value"]) <= float(top1["p_holm"]) <= 1
+        assert by[name, "shape_bias"]["test"] == "bootstrap" and int(by[name, "shape_bias"]["n_images"]) == 40
+        assert (name, "occlusion/0.5") in by and (name, "occlusion/0") not in by
+    page = built.read_text()
+    assert "differences to scratch are resolved" in page
 
 
 def _evaluate_results(sweep: Path, name: str) -> dict:
@@ -238,7 +264,7 @@ def test_a_partially_finished_sweep_renders_with_pending_and_failed_stages(sweep
 
     page = report(tmp_path, out=tmp_path / "out")
     text = page.read_text()
-    assert "scratch (evaluate pending)" in (tmp_path / "out" / "table1.md").read_text()
+    assert "scratch (reference; evaluate pending)" in (tmp_path / "out" / "table1.md").read_text()
     scratch = text[text.index('id="variant-scratch"') :]
     scratch = scratch[: scratch.index("</details>")]
     assert "status-pending" in scratch and "status-done" in scratch

@@ -154,15 +154,15 @@ def test_parallel_jobs_run_variants_in_their_own_processes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "path, variants",
+    "path, variants, expected",
     [
-        pytest.param(ROOT / "configs/study/mix_and_mask_in100.yaml", 10, marks=pytest.mark.slow),  # ResNet-50s
-        (ROOT / "configs/study/mix_and_mask_shapesx.yaml", 10),
-        (ROOT / "src/mixmask/resources/demo_shapesx.yaml", 5),
+        pytest.param(ROOT / "configs/study/mix_and_mask_in100.yaml", 10, {4: 1, 32: 3, 56: 2}, marks=pytest.mark.slow),
+        (ROOT / "configs/study/mix_and_mask_shapesx.yaml", 10, {4: 1, 8: 2, 16: 3}),
+        (ROOT / "src/mixmask/resources/demo_shapesx.yaml", 4, {4: 1, 16: 3}),
     ],
     ids=lambda p: getattr(p, "name", str(p)),
 )
-def test_shipped_studies_load_and_the_stage_follows_the_patch(path, variants):
+def test_shipped_studies_load_and_the_stage_follows_the_patch(path, variants, expected):
     sweep = load_sweep(path)
     assert len(sweep.variants) == variants and sweep.variants[-1].stages == ["finetune", "evaluate"]
     from mixmask.models.factory import build_pretrain_model
@@ -174,7 +174,6 @@ def test_shipped_studies_load_and_the_stage_follows_the_patch(path, variants):
             assert variant.name == "mocov3" and variant.configs["pretrain"].model.method == "mocov3"
             continue
         stages |= {spec.patch_size: stage for spec, stage in zip(masker.specs, masker.stages, strict=True)}
-    expected = {4: 1, 32: 3, 56: 2} if "in100" in path.name else {4: 1, 8: 2, 16: 3}
     assert {p: s for p, s in stages.items() if p in expected} == expected
 
 

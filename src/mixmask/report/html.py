@@ -22,6 +22,7 @@ from mixmask.report import tables
 from mixmask.results import Variant, by_name
 
 SECTIONS = (
+    ("resolved", "Differences"),
     ("summary", "Summary"),
     ("table1", "Table 1"),
     ("figure2", "Figure 2"),
@@ -288,12 +289,21 @@ def _setup(report: dict) -> str:
 
 def render(report: dict) -> str:
     """The page's HTML text. ``report``: ``title``, ``meta`` (the store's meta), ``generated`` (unix time),
-    ``sweep_dir``, ``variants`` (collect.collect_variants), ``summary``, ``table1`` and ``counts`` (the rows of
+    ``sweep_dir``, ``variants`` (collect.collect_variants), ``resolved`` (comparisons.resolved_lines: the first is
+    the overall sentence), ``summary``, ``table1`` and ``counts`` (the rows of
     tables.summary / table1 / counts), ``figures`` {figure2, figure3, occlusion, cka, shape-bias: PNG path or None},
     ``curves`` {variant name: PNG path or None} and ``notes`` (lines shown under the setup)."""
     figures = report.get("figures") or {}
     curves = report.get("curves") or {}
     body = [_setup(report)]
+    resolved = report.get("resolved") or []
+    if resolved:
+        body.append('<section id="resolved"><h2>Which differences are real</h2>')
+        body.append(f'<p class="lead">{_e(resolved[0])}</p>')
+        if len(resolved) > 1:
+            body.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in resolved[1:]) + "</ul>")
+        body.append('<p class="footnotes">Every difference with its interval and p-values: comparisons.csv.</p>')
+        body.append("</section>")
     body.append('<section id="summary"><h2>Summary</h2>')
     body.append(html_table(tables.summary_grid(report["summary"])) + "</section>")
     body.append('<section id="table1"><h2>Table 1: accuracy per ImageNet-X factor (%)</h2>')

@@ -187,28 +187,49 @@ def _pooled(cells: list[FactorCell]) -> tuple[FactorCell, float | None]:
     return FactorCell(accuracy, error_ratio, count, correct, (None, None), any(c.thin for c in cells)), sd
 
 
-def table1(variants: list[Variant]) -> list[dict[str, Any]]:
+def _column_metric(column: str) -> str:
+    return "top1" if column == "val_top1" else f"factor_acc/{column}"
+
+
+def _marks_note(marked: bool, reference: str | None) -> str | None:
+    if reference is None:
+        return None
+    return (
+        f"↑ / ↓: higher / lower than the reference ({reference}) beyond noise: Holm-corrected p < 0.05 of a test "
+        "paired on the same images (McNemar per seed; hierarchical bootstrap over seeds and images when pooled), "
+        "intervals in comparisons.csv. No mark: not resolved." + ("" if marked else " No difference is resolved.")
+    )
+
+
+def table1(
+    variants: list[Variant], marks: dict[tuple[str, str], str] | None = None, reference: str | None = None
+) -> list[dict[str, Any]]:
     """One row per variant: ``{variant, masking, status, note, min_count, seeds, cells: {column: FactorCell},
-    sd: {column: sd across seeds}}``, where the ``val_top1`` cell holds the evaluate stage's top-1 validation
-    accuracy. A variant run with several seeds shows the mean over its seeds."""
+    sd: {column: sd across seeds}, marks: {column: ↑ or ↓}}``, where the ``val_top1`` cell holds the evaluate
+    stage's top-1 validation accuracy. A variant run with several seeds shows the mean over its seeds; ``marks``
+    (``comparisons.marks``) flags the differences to ``reference`` that are resolved."""
+    marks = marks or {}
     rows = []
     for name, replicates in by_name(variants).items():
         first, factors = replicates[0], factors_of(replicates[0])
         per_seed = [_table1_cells(v) for v in replicates]
         pooled = {column: _pooled([cells[column] for cells in per_seed]) for column in per_seed[0]}
         statuses = [v.status("evaluate") for v in replicates]
-        notes = [note for v in replicates if (note := _factors_note(v))]
+        notes = ["reference" if name == reference else None, seeds_note(replicates)]
+        notes += [note for v in replicates if (note := _factors_note(v))]
         rows.append(
             {
                 "variant": name,
                 "masking": first.label,
                 "status": next((s for s in statuses if s != "done"), statuses[0]),
-                "note": "; ".join(dict.fromkeys(filter(None, [seeds_note(replicates), *notes]))) or None,
+                "note": "; ".join(dict.fromkeys(filter(None, notes))) or None,
+                "reference": reference,
                 "min_count": factors.min_count if factors else None,
                 "settings": factors.settings if factors else {},
                 "seeds": len(replicates),
                 "cells": {column: cell for column, (cell, _) in pooled.items()},
                 "sd": {column: sd for column, (_, sd) in pooled.items()},
+                "marks": {c: marks[name, _column_metric(c)] for c in pooled if (name, _column_metric(c)) in marks},
             }
         )
     return rows
@@ -231,9 +252,8 @@ def table1_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]
         cells = [name, r["masking"]]
         for column in TABLE1_COLUMNS:
             cell = r["cells"][column]
-            cells.append(
-                pct(cell.accuracy, r["sd"][column]) + (THIN if cell.thin and cell.accuracy is not None else "")
-            )
+            thin = THIN if cell.thin and cell.accuracy is not None else ""
+            cells.append(pct(cell.accuracy, r["sd"][column]) + thin + r["marks"].get(column, ""))
         body.append(cells)
     sources = sorted(
         {f"{s.get('source', '?')}, {s.get('which_factor', 'top')} factor" for r in rows for s in [r["settings"]] if s}
@@ -252,6 +272,9 @@ def table1_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]
     ]
     if any(r["seeds"] > 1 for r in rows):
         footnotes.append("A variant run with several seeds: the mean over its seeds ± their standard deviation.")
+    marked = _marks_note(any(r["marks"] for r in rows), rows[0]["reference"] if rows else None)
+    if marked:
+        footnotes.append(marked)
     return header, body, footnotes
 
 
@@ -394,13 +417,27 @@ def _summary_row(v: Variant) -> dict[str, Any]:
     }
 
 
-def summary(variants: list[Variant]) -> list[dict[str, Any]]:
+SUMMARY_METRICS = {
+    "val_top1": "top1",
+    "factor_average": "factor_average",
+    "texture_error_ratio": "error_ratio/texture",
+    "shape_bias": "shape_bias",
+}
+
+
+def summary(
+    variants: list[Variant], marks: dict[tuple[str, str], str] | None = None, reference: str | None = None
+) -> list[dict[str, Any]]:
     """One row per variant of headline numbers (fractions and seconds; None where missing). A variant run with
-    several seeds: the mean over its seeds, ``sd`` their standard deviation, stage seconds summed."""
+    several seeds: the mean over its seeds, ``sd`` their standard deviation, stage seconds summed. ``marks``: the
+    resolved differences to ``reference``, as in Table 1."""
+    marks = marks or {}
     rows = []
     for name, replicates in by_name(variants).items():
         per_seed = [_summary_row(v) for v in replicates]
         row: dict[str, Any] = {"variant": name, "masking": replicates[0].label, "seeds": len(replicates), "sd": {}}
+        row["reference"] = reference
+        row["marks"] = {k: marks[name, m] for k, m in SUMMARY_METRICS.items() if (name, m) in marks}
         for key in SPREAD:
             row[key], row["sd"][key], _ = mean_sd([r[key] for r in per_seed])
         factors = {f for r in per_seed for f in r["factor_accuracy"]}
@@ -447,17 +484,19 @@ def summary_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str
         texture = _num(r["texture_error_ratio"], sd=r["sd"]["texture_error_ratio"]) + (
             THIN if r["texture_thin"] and r["texture_error_ratio"] is not None else ""
         )
-        sd = r["sd"]
+        sd, mark = r["sd"], r["marks"]
+        notes = ["reference" if r["variant"] == r["reference"] else None]
+        notes = [n for n in [*notes, f"{r['seeds']} seeds" if r["seeds"] > 1 else None] if n]
         body.append(
             [
-                r["variant"] + (f" ({r['seeds']} seeds)" if r["seeds"] > 1 else ""),
+                r["variant"] + (f" ({'; '.join(notes)})" if notes else ""),
                 r["masking"],
-                pct(r["val_top1"], sd["val_top1"]),
-                pct(r["factor_average"], sd["factor_average"]),
+                pct(r["val_top1"], sd["val_top1"]) + mark.get("val_top1", ""),
+                pct(r["factor_average"], sd["factor_average"]) + mark.get("factor_average", ""),
                 worst,
-                texture,
+                texture + mark.get("texture_error_ratio", ""),
                 _num(r["occlusion_error_ratio"], sd=sd["occlusion_error_ratio"]),
-                _num(r["shape_bias"], ".3f", sd["shape_bias"]),
+                _num(r["shape_bias"], ".3f", sd["shape_bias"]) + mark.get("shape_bias", ""),
                 " / ".join(f"{value:.1f}" for _, _, value in r["psnr"]) or MISSING,
                 *[r["stage_cells"][s] for s in STAGES],
             ]
@@ -478,6 +517,9 @@ def summary_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str
             "A variant run with several seeds: the mean over its seeds ± their standard deviation; the worst factor "
             "by mean accuracy; wall times summed over the seeds."
         )
+    marked = _marks_note(any(r["marks"] for r in rows), rows[0]["reference"] if rows else None)
+    if marked:
+        footnotes.append(marked)
     return header, body, footnotes
 
 

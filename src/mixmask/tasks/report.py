@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mixmask.report import collect, figures, html, plots, tables
+from mixmask.report import collect, comparisons, figures, html, plots, tables
 from mixmask.results import CKACurves, OcclusionCurve, ShapeBias, Variant, by_name
 
 
@@ -27,8 +27,11 @@ def _by_variant(variants: list[Variant], metric: str, kind: type) -> dict:
     return out
 
 
-def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path | None = None) -> Path:
-    """Build everything into ``out`` (default ``SWEEP_DIR/report``): table1.md/.csv, counts.md/.csv,
+def report(
+    sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path | None = None, reference: str | None = None
+) -> Path:
+    """Build everything into ``out`` (default ``SWEEP_DIR/report``): comparisons.csv (every variant against
+    ``reference``: the one named here, else the sweep's, else ``scratch``), table1.md/.csv, counts.md/.csv,
     summary.md/.csv, figure2_error_ratios.png, figure3_reconstructions.png, occlusion.png, cka.png, shape_bias.png,
     curves_<variant>.png and report.html; return the HTML path. Figures without data yet are not written (the
     page says why). Raises FileNotFoundError when there is no results.sqlite and no extra run."""
@@ -47,7 +50,26 @@ def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path
     # the figures and training curves show each variant's first seed; the tables and comparisons use every seed
     shown = [replicates[0] for replicates in groups.values()]
 
-    rows1, count_rows, summary_rows = tables.table1(variants), tables.counts(variants), tables.summary(variants)
+    named = reference or meta.get("reference")
+    reference = comparisons.default_reference(variants, named)
+    compared = comparisons.compare(variants, reference) if reference else []
+    comparisons.write_csv(compared, out_dir / "comparisons.csv")
+    resolved = comparisons.resolved_lines(compared)
+    if reference is None:
+        missing = f"the reference {named!r} is not a variant" if named else "no variant is named scratch"
+        resolved = [f"No comparisons: {missing} (name one with `reference:` in the sweep or --reference)."]
+    elif not compared:
+        resolved = [
+            f"No comparisons with {reference} yet: no other variant has per-image evaluation records for a seed "
+            f"that {reference} has evaluated (evaluate stages pending or failed, or written by an older release)."
+        ]
+    _say(f"comparisons with {reference} -> {out_dir / 'comparisons.csv'} ({len(compared)} rows)")
+    for line in resolved:
+        _say(line)
+
+    marks = comparisons.marks(compared)
+    rows1, count_rows = tables.table1(variants, marks, reference), tables.counts(variants)
+    summary_rows = tables.summary(variants, marks, reference)
     (out_dir / "table1.md").write_text(tables.table1_markdown(rows1))
     tables.table1_csv(rows1, out_dir / "table1.csv")
     (out_dir / "counts.md").write_text(tables.counts_markdown(count_rows))
@@ -101,6 +123,7 @@ def report(sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path
             "summary": summary_rows,
             "table1": rows1,
             "counts": count_rows,
+            "resolved": resolved,
             "figures": written,
             "curves": curves,
             "notes": notes,

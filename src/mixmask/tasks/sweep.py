@@ -8,6 +8,7 @@ A sweep file names the base configs of the three stages and a list of variants, 
     evaluate: {eval: {cka_images: 500}}               # layered on each variant's finetune config
     common: [data.image_size=64]                      # overrides for every stage
     seeds: [0, 1, 2]                                  # replicates: every variant once per seed (train.seed)
+    reference: scratch                                # what the report compares every variant with
     variants:
       - {name: patch4_r60, pretrain: ["masking.strategies=[{patch_size: 4, ratio: 0.6}]"]}
       - {name: mocov3, pretrain: ../pretrain/mocov3_tiny_shapesx.yaml}   # a file: this variant's own base
@@ -55,7 +56,18 @@ from mixmask.engine.checkpoint import has_checkpoint
 from mixmask.store import ResultsStore
 
 STAGES = ("pretrain", "finetune", "evaluate")
-SWEEP_KEYS = ("name", "description", "pretrain", "finetune", "evaluate", "common", "nproc", "seeds", "variants")
+SWEEP_KEYS = (
+    "name",
+    "description",
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "common",
+    "nproc",
+    "seeds",
+    "reference",
+    "variants",
+)
 VARIANT_KEYS = ("name", "description", "stages", "pretrain", "finetune", "evaluate")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -87,6 +99,7 @@ class Sweep:
     nproc: int
     variants: list[PlannedVariant]
     seeds: list[int] | None = None  # None: one run per variant, with its configs' own train.seed
+    reference: str | None = None  # the variant the report compares the others with (None: scratch, if any)
 
     def replicates(self, variant: PlannedVariant) -> list[int]:
         """The seeds ``variant`` runs with: the sweep's ``seeds``, else its first stage's ``train.seed``."""
@@ -198,7 +211,12 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
                         "the variant's finetune overrides (or in `common`)",
                     )
         variants.append(variant)
-    return Sweep(name, str(data.get("description", "")), Path(path) if path else None, text, nproc, variants, seeds)
+    reference = data.get("reference")
+    if reference is not None and reference not in [v.name for v in variants]:
+        known = ", ".join(v.name for v in variants)
+        raise _error("`reference`", f"got {reference!r}; expected the name of one of the variants: {known}")
+    description = str(data.get("description", ""))
+    return Sweep(name, description, Path(path) if path else None, text, nproc, variants, seeds, reference)
 
 
 def _stage_config(stage: str, bases: dict[str, dict], common: list[str], variant: PlannedVariant) -> Config:
@@ -244,6 +262,7 @@ def open_store(sweep: Sweep, sweep_dir: Path) -> ResultsStore:
         created=meta.get("created", time.time()),
         mixmask_version=__version__,
         machine=machine(),
+        reference=sweep.reference,
     )
     for position, variant in enumerate(sweep.variants):
         dirs = {key: str(path.relative_to(sweep_dir)) for key, path in run_dirs(sweep, sweep_dir, variant).items()}

@@ -1,0 +1,239 @@
+"""Which differences are real: every variant against the study's reference, metric by metric, paired on the same
+images, per seed and pooled over seeds, with Holm's correction.
+
+The numbers come from the per-image records each evaluation wrote (``EvaluateResults.per_image``); nothing is
+re-derived from the aggregate tables. Per seed, an accuracy (validation top-1, a factor's accuracy, accuracy at an
+occlusion ratio) is compared with McNemar's exact test and a ratio (a factor's error ratio, shape bias) with a
+paired bootstrap over images; when both ran two or more seeds, the mean difference over their common seeds gets a
+hierarchical bootstrap (seeds, then images). Rows of one reference at one level (one seed, or ``all``) form one
+Holm family. Occlusion ratio 0 is the clean validation accuracy, already compared as ``top1``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from mixmask.evaluation import statistics
+from mixmask.factors import FACTORS
+from mixmask.results import Comparison, Variant, by_name
+
+ALPHA = 0.05
+COLUMNS = [
+    "variant",
+    "reference",
+    "metric",
+    "seed",
+    "test",
+    "n_images",
+    "n_seeds",
+    "value",
+    "reference_value",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "significant",
+]
+
+Table = dict[str, dict[str, str]]  # file name -> the CSV row of that image
+
+
+def default_reference(variants: list[Variant], named: str | None) -> str | None:
+    """The reference variant: the one the study names, else ``scratch`` when there is one."""
+    names = by_name(variants)
+    if named:
+        return named if named in names else None
+    return "scratch" if "scratch" in names else None
+
+
+def _read(variant: Variant, key: str) -> Table | None:
+    evaluation = variant.evaluation
+    run = variant.runs.get("evaluate")
+    name = evaluation.per_image.get(key) if evaluation is not None else None
+    if name is None or run is None or run.run_dir is None or not (Path(run.run_dir) / name).is_file():
+        return None
+    with (Path(run.run_dir) / name).open(newline="") as handle:
+        return {row["file_name"]: row for row in csv.DictReader(handle)}
+
+
+def _joined(reference: Table, model: Table, columns: dict[str, str], where: str | None = None):
+    """Both models' columns on the images they share (in the reference's order), as float arrays; only the
+    images with ``where`` = 1 when given."""
+    names = [n for n in reference if n in model and (where is None or reference[n][where] == "1")]
+    ref = {k: np.array([float(reference[n][c]) for n in names]) for k, c in columns.items()}
+    var = {k: np.array([float(model[n][c]) for n in names]) for k, c in columns.items()}
+    return ref, var, len(names)
+
+
+def metric_data(reference: Variant, model: Variant) -> Iterator[tuple[str, str, dict, dict]]:
+    """``(metric, kind, reference columns, model columns)`` for every metric both replicates recorded per image;
+    ``kind`` is ``accuracy`` (McNemar) or the name of a ratio statistic (bootstrap)."""
+    pairs = {key: (_read(reference, key), _read(model, key)) for key in ("top1", "factors", "occlusion", "shape_bias")}
+    ref, var = pairs["top1"]
+    if ref and var:
+        a, b, n = _joined(ref, var, {"correct": "correct"})
+        if n:
+            yield "top1", "accuracy", a, b
+    ref, var = pairs["factors"]
+    if ref and var:
+        a, b, n = _joined(ref, var, {"correct": "correct"})
+        if n:
+            yield "factor_average", "accuracy", a, b
+        for factor in FACTORS:
+            a, b, n = _joined(ref, var, {"correct": "correct"}, where=factor)
+            if n:
+                yield f"factor_acc/{factor}", "accuracy", a, b
+        for factor in FACTORS:
+            a, b, n = _joined(ref, var, {"correct": "correct", f"factor/{factor}": factor})
+            if n and a[f"factor/{factor}"].any():
+                yield f"error_ratio/{factor}", f"error_ratio/{factor}", a, b
+    ref, var = pairs["occlusion"]
+    if ref and var:
+        ratios = [c.split("@", 1)[1] for c in next(iter(ref.values())) if c.startswith("correct@")]
+        for ratio in ratios:
+            if float(ratio) > 0 and f"correct@{ratio}" in next(iter(var.values())):
+                a, b, n = _joined(ref, var, {"correct": f"correct@{ratio}"})
+                if n:
+                    yield f"occlusion/{ratio}", "accuracy", a, b
+    ref, var = pairs["shape_bias"]
+    if ref and var:
+        a, b, n = _joined(ref, var, {"shape": "shape_decision", "texture": "texture_decision"})
+        if n:
+            yield "shape_bias", "shape_bias", a, b
+
+
+def _statistic(kind: str) -> statistics.Statistic:
+    if kind == "accuracy":
+        return statistics.accuracy
+    if kind == "shape_bias":
+        return statistics.shape_bias
+    return statistics.error_ratio(kind.split("/", 1)[1])
+
+
+def _row(variant: str, reference: str, metric: str, seed: str, test: statistics.PairedTest) -> dict:
+    return {
+        "variant": variant,
+        "reference": reference,
+        "metric": metric,
+        "seed": seed,
+        "test": test.test,
+        "n_images": test.n_images,
+        "n_seeds": test.n_seeds,
+        "value": test.value,
+        "reference_value": test.reference_value,
+        "difference": test.difference,
+        "ci_low": test.ci_low,
+        "ci_high": test.ci_high,
+        "p_value": test.p_value,
+    }
+
+
+def compare(variants: list[Variant], reference: str, resamples: int = statistics.RESAMPLES) -> list[Comparison]:
+    """Every variant against ``reference``: per common seed, and pooled (``seed="all"``) when they share two or
+    more seeds; Holm-corrected within each (reference, level) family."""
+    groups = by_name(variants)
+    if reference not in groups:
+        return []
+    references = {v.seed: v for v in groups[reference] if v.evaluation is not None}
+    rows: list[dict] = []
+    for name, replicates in groups.items():
+        if name == reference:
+            continue
+        paired: dict[str, list[tuple[str, dict, dict]]] = {}  # metric -> (kind, ref, model) per common seed
+        for model in replicates:
+            ref = references.get(model.seed)
+            if ref is None or model.evaluation is None:
+                continue
+            for metric, kind, a, b in metric_data(ref, model):
+                if kind == "accuracy":
+                    test = statistics.mcnemar(a["correct"] > 0, b["correct"] > 0)
+                else:
+                    test = statistics.paired_bootstrap(_statistic(kind), a, b, resamples, seed=model.seed or 0)
+                rows.append(_row(name, reference, metric, str(model.seed), test))
+                paired.setdefault(metric, []).append((kind, a, b))
+        for metric, seeds in paired.items():
+            if len(seeds) >= 2:
+                statistic = _statistic(seeds[0][0])
+                test = statistics.hierarchical_bootstrap(statistic, [(a, b) for _, a, b in seeds], resamples)
+                rows.append(_row(name, reference, metric, "all", test))
+    families: dict[tuple[str, str], list[int]] = {}
+    for i, row in enumerate(rows):
+        families.setdefault((row["reference"], row["seed"]), []).append(i)
+    for members in families.values():
+        p_values = [rows[i]["p_value"] for i in members]
+        finite = [i for i, p in zip(members, p_values, strict=True) if p == p]  # nan: no resample was defined
+        for i, p_holm in zip(finite, statistics.holm([rows[i]["p_value"] for i in finite]), strict=True):
+            rows[i]["p_holm"] = p_holm
+    return [
+        Comparison(**row | {"p_holm": row.get("p_holm", float("nan"))}, significant=row.get("p_holm", 1.0) < ALPHA)
+        for row in rows
+    ]
+
+
+def headline(comparisons: list[Comparison]) -> list[Comparison]:
+    """The row that speaks for each (variant, metric): pooled over seeds when there is one, else the only seed's."""
+    best: dict[tuple[str, str], Comparison] = {}
+    for c in comparisons:
+        key = (c.variant, c.metric)
+        if key not in best or c.seed == "all":
+            best[key] = c
+    return list(best.values())
+
+
+def marks(comparisons: list[Comparison]) -> dict[tuple[str, str], str]:
+    """``{(variant, metric): "↑" or "↓"}`` for the resolved differences of the headline rows."""
+    return {(c.variant, c.metric): "↑" if c.difference > 0 else "↓" for c in headline(comparisons) if c.significant}
+
+
+def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for c in comparisons:
+            record = c.to_json()
+            writer.writerow([record[k] for k in COLUMNS])
+    return path
+
+
+def _points(metric: str, value: float) -> str:
+    """A difference in the metric's own unit: points for accuracies, plain for ratios."""
+    return f"{value:+.3f}" if metric.startswith("error_ratio") or metric == "shape_bias" else f"{100 * value:+.1f}"
+
+
+def describe(c: Comparison) -> str:
+    """``patch4: top1 +2.1 points [+0.8, +3.4] vs scratch (Holm p = 0.003, 3 seeds)``."""
+    unit = "" if c.metric.startswith("error_ratio") or c.metric == "shape_bias" else " points"
+    seeds = f"{c.n_seeds} seeds" if c.seed == "all" else f"seed {c.seed}"
+    return (
+        f"{c.variant}: {c.metric} {_points(c.metric, c.difference)}{unit} "
+        f"[{_points(c.metric, c.ci_low)}, {_points(c.metric, c.ci_high)}] vs {c.reference} "
+        f"(Holm p = {c.p_holm:.2g}, {seeds}, {c.n_images:,} images)"
+    )
+
+
+def resolved_lines(comparisons: list[Comparison], limit: int = 12) -> list[str]:
+    """Plain sentences: which differences are resolved (in which direction), and how many are not."""
+    rows = headline(comparisons)
+    if not rows:
+        return []
+    significant = sorted((c for c in rows if c.significant), key=lambda c: c.p_holm)
+    reference = rows[0].reference
+    lines = [
+        f"{len(significant)} of {len(rows)} differences to {reference} are resolved (95 % intervals, Holm-corrected "
+        f"p < {ALPHA} within each seed level); the other {len(rows) - len(significant)} are within noise."
+    ]
+    for c in significant[:limit]:
+        direction = "higher" if c.difference > 0 else "lower"
+        lines.append(f"{direction}: {describe(c)}")
+    if len(significant) > limit:
+        lines.append(f"... and {len(significant) - limit} more (report/comparisons.csv).")
+    top1 = [c for c in rows if c.metric == "top1" and not c.significant]
+    for c in top1:
+        lines.append(f"not resolved: {describe(c)}")
+    return lines

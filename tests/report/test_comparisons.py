@@ -1,0 +1,103 @@
+"""Comparisons against the reference from per-image records: the numbers equal direct computations on the records,
+seeds pair with seeds, pooled rows appear with two or more seeds, and Holm runs within each seed level."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from mixmask.evaluation import statistics
+from mixmask.factors import FACTORS
+from mixmask.report import comparisons
+from mixmask.results import EvaluateResults, StageRun, Variant
+
+N = 200
+
+
+def _write(path, header, rows):
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def replicate(tmp_path, name, seed, correct, shape_decision):
+    """An evaluated replicate whose per-image records say which of N images it gets right; images 0-39 show
+    texture, 40-79 shape (top factor), and the occlusion record at ratio 0.5 is right on the even images it gets
+    right."""
+    folder = tmp_path / name / f"seed{seed}"
+    folder.mkdir(parents=True)
+    names = [f"val_{i:04d}.png" for i in range(N)]
+    _write(folder / "val.csv", ["file_name", "correct"], [[n, int(c)] for n, c in zip(names, correct, strict=True)])
+    top = ["texture" if i < 40 else "shape" if i < 80 else "pose" for i in range(N)]
+    factor_rows = [[n, int(c), *(int(f == t) for f in FACTORS)] for n, c, t in zip(names, correct, top, strict=True)]
+    _write(folder / "factors.csv", ["file_name", "correct", *FACTORS], factor_rows)
+    occluded = [int(c and i % 2 == 0) for i, c in enumerate(correct)]
+    _write(folder / "occ.csv", ["file_name", "correct@0", "correct@0.5"],
+           [[n, int(c), o] for n, c, o in zip(names, correct, occluded, strict=True)])  # fmt: skip
+    conflict = [[f"cc_{i}.png", int(s), int(not s)] for i, s in enumerate(shape_decision)]
+    _write(folder / "cc.csv", ["file_name", "shape_decision", "texture_decision"], conflict)
+    per_image = {"top1": "val.csv", "factors": "factors.csv", "occlusion": "occ.csv", "shape_bias": "cc.csv"}
+    evaluation = EvaluateResults(run="", run_task="finetune", settings={}, data={}, per_image=per_image)
+    run = StageRun("evaluate", "done", folder, results=evaluation)
+    return Variant(name, "", "sweep", None, {"evaluate": run}, seed=seed)
+
+
+def test_per_seed_rows_equal_direct_tests_on_the_records(tmp_path):
+    rng = np.random.default_rng(0)
+    ref_correct = rng.random(N) < 0.6
+    model_correct = ref_correct | (rng.random(N) < 0.3)  # clearly better
+    shape_ref, shape_model = rng.random(50) < 0.2, rng.random(50) < 0.6
+    variants = [
+        replicate(tmp_path, "scratch", 0, ref_correct, shape_ref),
+        replicate(tmp_path, "p4", 0, model_correct, shape_model),
+    ]
+    assert comparisons.default_reference(variants, None) == "scratch"
+    assert (
+        comparisons.default_reference(variants, "p4") == "p4" and comparisons.default_reference(variants, "x") is None
+    )
+    rows = {c.metric: c for c in comparisons.compare(variants, "scratch", resamples=500)}
+    top1 = rows["top1"]
+    direct = statistics.mcnemar(ref_correct, model_correct)
+    assert (top1.test, top1.seed, top1.n_images, top1.n_seeds) == ("mcnemar", "0", N, 1)
+    assert top1.difference == pytest.approx(direct.difference) and top1.p_value == pytest.approx(direct.p_value)
+    texture = rows["factor_acc/texture"]
+    assert texture.n_images == 40 and texture.value == pytest.approx(model_correct[:40].mean())
+    ratio = rows["error_ratio/texture"]
+    assert ratio.test == "bootstrap"
+    assert ratio.value == pytest.approx((1 - model_correct[:40].mean()) / (1 - model_correct.mean()))
+    assert "occlusion/0" not in rows and rows["occlusion/0.5"].n_images == N
+    occluded = model_correct & (np.arange(N) % 2 == 0)
+    assert rows["occlusion/0.5"].value == pytest.approx(occluded.mean())
+    assert rows["shape_bias"].value == pytest.approx(shape_model.mean()) and rows["shape_bias"].n_images == 50
+    assert "factor_acc/style" not in rows  # no image shows it
+    # Holm over this seed's family, by hand
+    family = sorted(c.p_value for c in rows.values() if not math.isnan(c.p_value))
+    assert min(c.p_holm for c in rows.values()) == pytest.approx(min(1, len(family) * family[0]))
+    assert top1.significant and top1.p_holm < 0.05
+
+
+def test_seeds_pair_by_seed_and_pool_with_a_hierarchical_bootstrap(tmp_path):
+    rng = np.random.default_rng(1)
+    variants = []
+    for seed in (0, 1, 2):
+        ref = rng.random(N) < 0.6
+        variants.append(replicate(tmp_path, "scratch", seed, ref, rng.random(30) < 0.5))
+        variants.append(replicate(tmp_path, "p4", seed, ref ^ (rng.random(N) < 0.05), rng.random(30) < 0.5))
+    variants.append(replicate(tmp_path, "p4", 3, rng.random(N) < 0.6, rng.random(30) < 0.5))  # no reference seed 3
+    rows = comparisons.compare(variants, "scratch", resamples=500)
+    top1 = [c for c in rows if c.metric == "top1"]
+    assert [c.seed for c in top1] == ["0", "1", "2", "all"]
+    pooled = top1[-1]
+    assert pooled.test == "hierarchical_bootstrap" and pooled.n_seeds == 3 and pooled.n_images == 3 * N
+    assert pooled.difference == pytest.approx(np.mean([c.difference for c in top1[:3]]))
+    assert pooled.ci_low < pooled.difference < pooled.ci_high
+    assert not pooled.significant  # 5 % of images flipped at random: no direction
+    lines = comparisons.resolved_lines(rows)
+    assert lines[0].startswith(f"0 of {len(comparisons.headline(rows))} differences to scratch are resolved")
+    assert any(line.startswith("not resolved: p4: top1") and "3 seeds" in line for line in lines)
+    path = comparisons.write_csv(rows, tmp_path / "comparisons.csv")
+    with path.open(newline="") as handle:
+        read = list(csv.DictReader(handle))
+    assert list(read[0]) == comparisons.COLUMNS and len(read) == len(rows)
