@@ -332,9 +332,11 @@ class FinetuneConfig:
     layer_decay: float = 1.0  # < 1: stage k learns at lr * layer_decay ** (depth - k); 1: off
     knn_k: int = 20
     knn_temperature: float = 0.07
+    label_fraction: float = 1.0  # < 1: train on this class-balanced share of the labels, chosen by train.seed
 
     def check(self, where: str) -> None:
         _require(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", self.label_smoothing, "a number in [0, 1)")
+        _require(0 < self.label_fraction <= 1, f"{where}.label_fraction", self.label_fraction, "a number in (0, 1]")
         _require(0 < self.layer_decay <= 1, f"{where}.layer_decay", self.layer_decay, "a number in (0, 1]")
         _require(self.knn_k >= 1, f"{where}.knn_k", self.knn_k, "an integer >= 1")
         _require(self.knn_temperature > 0, f"{where}.knn_temperature", self.knn_temperature, "a positive number")

@@ -434,6 +434,7 @@ class FinetuneResults(_Record):
     unreadable_images: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     knn: dict[str, Any] | None = None
+    train_images: int | None = None  # the labelled images trained on (finetune.label_fraction of the split)
     task: str = "finetune"
 
     def to_json(self) -> dict[str, Any]:

@@ -184,6 +184,17 @@ def test_knn_probe_classifies_with_frozen_features(runs, tmp_path):
     assert not (out / "checkpoints").exists()
 
 
+def test_low_label_finetuning_trains_on_its_share_and_the_knn_bank_too(runs, tmp_path):
+    pre, _ = runs
+    args = [*FINETUNE, f"finetune.init={pre}", "finetune.label_fraction=0.1", "train.batch_size=50"]
+    assert main(["finetune", *args, "--out", str(tmp_path / "ft")]) == 0
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["train_images"] == 150 and results["steps"] == 6  # 150 labelled images, 3 batches, 2 epochs
+    assert main(["finetune", *args, "finetune.probe=knn", "--out", str(tmp_path / "knn")]) == 0
+    assert json.loads((tmp_path / "knn" / "results.json").read_text())["knn"]["bank_images"] == 150
+    assert main(["finetune", *FINETUNE, "finetune.label_fraction=0", "--out", str(tmp_path / "bad")]) == 2
+
+
 def test_layer_decay_scales_each_stage():
     classifier = Classifier("resnet_tiny", 10)
     groups = param_groups(classifier, 0.05, layer_decay=0.5)  # timm's helper over the classifier's stages

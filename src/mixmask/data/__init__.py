@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
@@ -23,6 +24,7 @@ __all__ = [
     "check_dataset",
     "collate",
     "eval_loader",
+    "label_fraction",
     "resolve_num_workers",
 ]
 
@@ -55,6 +57,36 @@ def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None
     from mixmask.data.small_sets import open_small_set
 
     return open_small_set(cfg.dataset, cfg.root, train=split == "train", transform=transform)
+
+
+class LabelledSubset(Subset):
+    """Some images of a data set, keeping its ``classes``, ``label(i)`` and ``file_name(i)`` (``i`` in the subset);
+    items keep their own data-set index."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]):
+        super().__init__(dataset, indices)
+        self.classes = dataset.classes
+
+    def label(self, i: int) -> int:
+        return self.dataset.label(self.indices[i])
+
+    def file_name(self, i: int) -> str:
+        return self.dataset.file_name(self.indices[i])
+
+
+def label_fraction(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """A class-balanced share of the labelled images for low-label training: ``round(fraction * n_c)`` images (at
+    least one) of each class c, chosen by ``seed`` alone, so two variants trained with the same seed see the same
+    images. ``fraction`` 1 returns the data set itself."""
+    if fraction >= 1:
+        return dataset
+    labels = np.array([dataset.label(i) for i in range(len(dataset))])
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        keep.extend(rng.permutation(members)[: max(1, round(fraction * len(members)))].tolist())
+    return LabelledSubset(dataset, sorted(keep))
 
 
 def resolve_num_workers(value: int | str) -> int:

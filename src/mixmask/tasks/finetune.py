@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mixmask.config import Config
-from mixmask.data import build_dataset, eval_loader
+from mixmask.data import build_dataset, eval_loader, label_fraction
 from mixmask.data.transforms import eval_transform_for, train_transform
 from mixmask.engine import distributed
 from mixmask.engine.run_dir import open_run_dir, write_json
@@ -59,7 +59,7 @@ def knn_accuracy(classifier: Classifier, cfg: Config, device: torch.device) -> d
     """Weighted kNN on frozen, pooled backbone features: training images (evaluation transform) as the bank."""
     data, ft = cfg.data, cfg.finetune
     transform = eval_transform_for(data)
-    train = build_dataset(data, "train", transform)
+    train = label_fraction(build_dataset(data, "train", transform), ft.label_fraction, cfg.train.seed)
     val = build_dataset(data, "val", transform)
     classifier.eval()
     bank = collect(classifier.features, eval_loader(train, data, cfg.eval.batch_size), device, "kNN bank")
@@ -90,12 +90,12 @@ def trained_method(cfg: Config) -> Method:
 
 
 def training_set(cfg: Config) -> Dataset:
-    """The labelled training images with the finetuning augmentation."""
+    """The labelled training images with the finetuning augmentation (``finetune.label_fraction`` of them)."""
     data = cfg.data
     transform = train_transform(
         data.image_size, tuple(data.finetune_scale), hflip=data.hflip, mean=data.mean, std=data.std
     )
-    return build_dataset(data, "train", transform)
+    return label_fraction(build_dataset(data, "train", transform), cfg.finetune.label_fraction, cfg.train.seed)
 
 
 def step_function(cfg: Config) -> StepFn:
@@ -118,7 +118,7 @@ def finetune(cfg: Config, out: str | Path | None = None, resume: str | Path | No
     classifier, init = build_classifier(cfg, len(train_set.classes))  # bad weights fail before a run folder exists
     run_dir = open_run_dir(cfg, "finetune", dist, out, resume, trained_method(cfg))
 
-    results = FinetuneResults(probe=ft.probe, init=init, classes=list(train_set.classes))
+    results = FinetuneResults(probe=ft.probe, init=init, classes=list(train_set.classes), train_images=len(train_set))
     try:
         if ft.probe == "knn":
             if dist.main:
