@@ -104,7 +104,12 @@ EVALUATION = {
     "reconstruction": [{"strategy": 0, "patch_size": 4, "ratio": 0.6, "stage": 1, "psnr_masked": 16.9,
                         "figure": "reconstructions/p4_r0.6_s1.png", "images": "reconstructions/p4_r0.6_s1.safetensors"}],
     "reconstruction_run": "runs/p4/pretrain",
-    "per_image": {"top1": "val_predictions.csv", "factors": "factor_images.csv"},
+    "per_image": {"top1": "val_predictions.csv", "factors": "factor_images.csv", "probe/knn/top1": "probe_knn_val.csv"},
+    "probes": {
+        "knn": {"kind": "knn", "encoder": "runs/p4/pretrain", "train_images": 3000, "settings": {"k": 20},
+                "accuracy": {"top1": 0.61, "top5": 0.9, "images": 500, "split": "val"},
+                "shape_bias": {"skipped": "shape bias needs the ShapesX cue-conflict split"}},
+    },
     "task": "evaluate",
 }  # fmt: skip
 
@@ -117,6 +122,7 @@ def test_metric_records_read_what_evaluation_writes_and_write_it_back_unchanged(
     assert record.occlusion.accuracy_at(0.5) == 0.268 and record.occlusion.accuracy_at(0.3) is None
     assert record.shape_bias == Skipped("shape bias needs the ShapesX cue-conflict split")
     assert record.reconstruction[0].stage == 1
+    assert record.probes["knn"].accuracy.top1 == 0.61 and record.probes["knn"].factors is None
     assert json.loads(json.dumps(record.to_json())) == EVALUATION
     not_measured = {k: v for k, v in EVALUATION.items() if k not in ("cka", "occlusion", "reconstruction")}
     assert results_from_json(not_measured).cka is None and "cka" not in results_from_json(not_measured).to_json()

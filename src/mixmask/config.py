@@ -361,6 +361,11 @@ class EvalConfig:
     occlusion_fill: Literal["zero", "mean"] = "zero"  # zero: black pixels; mean: the image's mean colour
     min_factor_images: int = 30  # factors with fewer images are flagged as too thin to read
     seed: int = 0  # occlusion masks depend on (seed, image index) only: every model sees the same occlusions
+    # probes of the frozen encoder (the pretrained one, or a random initialisation for scratch) on features computed
+    # once: linear (logistic regression) and/or knn (finetune.knn_k, finetune.knn_temperature)
+    probes: list[Literal["linear", "knn"]] = field(default_factory=list)
+    probe_images: int = 0  # labelled training images the probes learn from (0: the whole train split)
+    probe_weight_decay: float = 1e-4
     cka: bool = True
     cka_images: int = 1000
     cka_debiased: bool = False
@@ -377,9 +382,13 @@ class EvalConfig:
             "fractions in [0, 1)",
         )
         _require(self.occlusion_patch >= 1, f"{where}.occlusion_patch", self.occlusion_patch, "an integer >= 1")
-        for name in ("max_images", "min_factor_images"):
+        for name in ("max_images", "min_factor_images", "probe_images"):
             _require(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "an integer >= 0")
         _require(self.cka_images >= 4, f"{where}.cka_images", self.cka_images, "an integer >= 4")
+        _require(
+            len(set(self.probes)) == len(self.probes), f"{where}.probes", self.probes, "linear and/or knn, once each"
+        )
+        _require(self.probe_weight_decay >= 0, f"{where}.probe_weight_decay", self.probe_weight_decay, "a number >= 0")
 
 
 @dataclass

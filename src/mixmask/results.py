@@ -394,6 +394,12 @@ class Reconstruction(_Record):
         return out if self.images else {k: v for k, v in out.items() if k != "images"}
 
 
+def _mapping(data: Any, where: str) -> dict:
+    if not isinstance(data, dict):
+        raise RecordError(f"{where}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
 def _reconstructions(data: Any, where: str) -> list[Reconstruction]:
     if not isinstance(data, list):
         raise RecordError(f"{where}: expected a list of reconstructions, got {type(data).__name__}")
@@ -447,6 +453,34 @@ class FinetuneResults(_Record):
 
 
 @dataclass
+class ProbeResults(_Record):
+    """A probe of the frozen encoder (``linear`` or ``knn``, on features computed once): what the encoder's weights
+    were (a pretraining run, a weights file, or a random initialisation), how many labelled training images it
+    learnt from, its settings, and its accuracy, factors and shape bias as the finetuned classifier's."""
+
+    kind: str
+    encoder: str
+    train_images: int
+    settings: dict[str, Any]
+    accuracy: Accuracy
+    factors: Factors | Skipped | None = None
+    shape_bias: ShapeBias | Skipped | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_json().items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "probe") -> ProbeResults:
+        r = _build(cls, data, where)
+        return replace(
+            r,
+            accuracy=Accuracy.from_json(r.accuracy, f"{where}.accuracy"),
+            factors=_metric(Factors, r.factors, f"{where}.factors"),
+            shape_bias=_metric(ShapeBias, r.shape_bias, f"{where}.shape_bias"),
+        )
+
+
+@dataclass
 class EvaluateResults(_Record):
     """An evaluation's ``results.json``: the evaluated run, the ``eval`` settings and data it ran with, the wall time
     of each evaluation, and each metric it measured (None: not switched on or not reached yet)."""
@@ -467,6 +501,7 @@ class EvaluateResults(_Record):
     # metric -> its per-image CSV in the evaluation folder (val, factors, occlusion, shape_bias): the paired tests
     # read them, and users re-analyse them
     per_image: dict[str, str] = field(default_factory=dict)
+    probes: dict[str, ProbeResults] = field(default_factory=dict)  # linear, knn: the frozen encoder's probes
     task: str = "evaluate"
 
     def to_json(self) -> dict[str, Any]:
@@ -485,6 +520,7 @@ class EvaluateResults(_Record):
             reconstruction=None
             if r.reconstruction is None
             else _reconstructions(r.reconstruction, f"{where}: reconstruction"),
+            probes={k: ProbeResults.from_json(v, f"{where}: probes.{k}") for k, v in _mapping(r.probes, where).items()},
         )
 
 
@@ -496,7 +532,9 @@ class Comparison(_Record):
 
     variant: str
     reference: str
-    metric: str  # top1, factor_average, factor_acc/<factor>, error_ratio/<factor>, occlusion/<ratio>, shape_bias
+    metric: (
+        str  # top1, factor_average, factor_acc/<f>, error_ratio/<f>, occlusion/<ratio>, shape_bias; probe/<kind>/...
+    )
     seed: str  # the seed, or "all"
     test: str  # mcnemar | bootstrap | hierarchical_bootstrap
     n_images: int

@@ -254,6 +254,36 @@ def test_evaluate_writes_every_metric_with_its_settings_and_plots(runs, tmp_path
     assert (sum(int(r["shape_decision"]) for r in conflict), len(conflict)) == (bias["shape_decisions"], 100)
 
 
+def test_probes_read_the_pretrained_encoder_and_a_random_one_for_scratch(runs, tmp_path):
+    import csv
+
+    pre, ft = runs
+    probes = ["eval.probes=[linear, knn]", "eval.probe_images=600", "eval.occlusion=false", "eval.cka=false"]
+    assert main(["evaluate", str(ft), *probes, "data.shapesx.cue_conflict=100", "--out", str(tmp_path / "e")]) == 0
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    linear, knn = results["probes"]["linear"], results["probes"]["knn"]
+    assert linear["encoder"] == knn["encoder"] == str(pre) and linear["train_images"] == 600
+    assert linear["accuracy"]["images"] == 300
+    assert linear["factors"]["images"] == 320 and knn["shape_bias"]["images"] == 100
+    with (tmp_path / "e" / results["per_image"]["probe/linear/top1"]).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sum(int(r["correct"]) for r in rows) / 300 == pytest.approx(linear["accuracy"]["top1"])
+    assert {"probe/knn/factors", "probe/knn/shape_bias", "probe/linear/factors"} <= set(results["per_image"])
+    # the probes read the weights they are given: the finetuned backbone's features separate the classes
+    args = [*probes, f"finetune.init={ft}", "eval.imagenet_x=false", "eval.shape_bias=false"]
+    assert main(["evaluate", str(ft), *args, "--out", str(tmp_path / "f")]) == 0
+    tuned = json.loads((tmp_path / "f" / "results.json").read_text())
+    head = json.loads((ft / "results.json").read_text())["accuracy"]["top1"]
+    assert tuned["probes"]["linear"]["accuracy"]["top1"] > max(0.3, head - 0.15)
+    assert tuned["probes"]["knn"]["accuracy"]["top1"] > max(0.3, head - 0.15)
+    # a scratch run: the probes read the random initialisation it started from
+    scratch = tmp_path / "scratch"
+    assert main(["finetune", *FINETUNE, "train.epochs=1", "--out", str(scratch)]) == 0
+    assert main(["evaluate", str(scratch), *probes, "eval.probes=[linear]", "--out", str(tmp_path / "s")]) == 0
+    random = json.loads((tmp_path / "s" / "results.json").read_text())["probes"]["linear"]
+    assert random["encoder"] == "random init (train.seed=0)"
+
+
 def test_evaluate_refuses_what_it_cannot_evaluate(runs, tmp_path, capsys):
     assert main(["evaluate", "eval.cka=false"]) == 2
     assert "eval.run" in capsys.readouterr().err

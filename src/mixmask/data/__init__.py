@@ -122,11 +122,12 @@ def check_dataset(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def eval_loader(dataset: Dataset, cfg: DataConfig, batch_size: int, max_images: int = 0) -> DataLoader:
-    """In-order batches for evaluation. ``max_images`` > 0 keeps that many images spread evenly over the data set
-    (class folders are sorted by class, so the first N would cover only the first classes)."""
+    """In-order batches for evaluation. ``max_images`` > 0 keeps that many images drawn at random with a fixed seed,
+    the same for every model: the first N would cover only the first classes of sorted class folders, and every
+    k-th image only some classes of ShapesX, whose labels cycle."""
     if 0 < max_images < len(dataset):
-        step = len(dataset) / max_images
-        dataset = Subset(dataset, [int(i * step) for i in range(max_images)])  # items keep their own dataset index
+        chosen = np.random.default_rng(0).choice(len(dataset), size=max_images, replace=False)
+        dataset = Subset(dataset, sorted(chosen.tolist()))  # items keep their own dataset index
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -71,9 +71,19 @@ def _joined(reference: Table, model: Table, columns: dict[str, str], where: str 
 
 
 def metric_data(reference: Variant, model: Variant) -> Iterator[tuple[str, str, dict, dict]]:
-    """``(metric, kind, reference columns, model columns)`` for every metric both replicates recorded per image;
-    ``kind`` is ``accuracy`` (McNemar) or the name of a ratio statistic (bootstrap)."""
-    pairs = {key: (_read(reference, key), _read(model, key)) for key in ("top1", "factors", "occlusion", "shape_bias")}
+    """``(metric, kind, reference columns, model columns)`` for every metric both replicates recorded per image (the
+    finetuned classifier's, then each probe's as ``probe/<kind>/<metric>``); ``kind`` is ``accuracy`` (McNemar) or
+    the name of a ratio statistic (bootstrap)."""
+    recorded = set(reference.evaluation.per_image) & set(model.evaluation.per_image)
+    probes = sorted({key.rsplit("/", 1)[0] + "/" for key in recorded if key.startswith("probe/")})
+    for prefix in ["", *probes]:
+        for metric, kind, a, b in _metric_data(reference, model, prefix):
+            yield prefix + metric, kind, a, b
+
+
+def _metric_data(reference: Variant, model: Variant, prefix: str) -> Iterator[tuple[str, str, dict, dict]]:
+    keys = ("top1", "factors", "occlusion", "shape_bias")
+    pairs = {key: (_read(reference, prefix + key), _read(model, prefix + key)) for key in keys}
     ref, var = pairs["top1"]
     if ref and var:
         a, b, n = _joined(ref, var, {"correct": "correct"})
@@ -201,14 +211,18 @@ def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
     return path
 
 
+def _is_ratio(metric: str) -> bool:
+    return "error_ratio/" in metric or metric.endswith("shape_bias")
+
+
 def _points(metric: str, value: float) -> str:
     """A difference in the metric's own unit: points for accuracies, plain for ratios."""
-    return f"{value:+.3f}" if metric.startswith("error_ratio") or metric == "shape_bias" else f"{100 * value:+.1f}"
+    return f"{value:+.3f}" if _is_ratio(metric) else f"{100 * value:+.1f}"
 
 
 def describe(c: Comparison) -> str:
     """``patch4: top1 +2.1 points [+0.8, +3.4] vs scratch (Holm p = 0.003, 3 seeds)``."""
-    unit = "" if c.metric.startswith("error_ratio") or c.metric == "shape_bias" else " points"
+    unit = "" if _is_ratio(c.metric) else " points"
     seeds = f"{c.n_seeds} seeds" if c.seed == "all" else f"seed {c.seed}"
     return (
         f"{c.variant}: {c.metric} {_points(c.metric, c.difference)}{unit} "
@@ -233,7 +247,7 @@ def resolved_lines(comparisons: list[Comparison], limit: int = 12) -> list[str]:
         lines.append(f"{direction}: {describe(c)}")
     if len(significant) > limit:
         lines.append(f"... and {len(significant) - limit} more (report/comparisons.csv).")
-    top1 = [c for c in rows if c.metric == "top1" and not c.significant]
+    top1 = [c for c in rows if c.metric.endswith("top1") and not c.significant]
     for c in top1:
         lines.append(f"not resolved: {describe(c)}")
     return lines

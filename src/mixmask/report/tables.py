@@ -394,7 +394,16 @@ def psnr(variant: Variant) -> list[Reconstruction]:
     return pretraining.reconstruction if pretraining is not None else []
 
 
-SPREAD = ("val_top1", "finetune_top1", "factor_average", "texture_error_ratio", "occlusion_error_ratio", "shape_bias")
+SPREAD = (
+    "val_top1",
+    "finetune_top1",
+    "linear_probe_top1",
+    "knn_top1",
+    "factor_average",
+    "texture_error_ratio",
+    "occlusion_error_ratio",
+    "shape_bias",
+)
 
 
 def _summary_row(v: Variant) -> dict[str, Any]:
@@ -405,6 +414,10 @@ def _summary_row(v: Variant) -> dict[str, Any]:
     return {
         "val_top1": evaluation.accuracy.top1 if evaluation and evaluation.accuracy else None,
         "finetune_top1": finetuning.accuracy.top1 if finetuning and finetuning.accuracy else None,
+        **{
+            f"{'linear_probe' if kind == 'linear' else kind}_top1": probe.accuracy.top1
+            for kind, probe in (evaluation.probes.items() if evaluation is not None else ())
+        },
         "factor_average": factors.average if factors else None,
         "factor_accuracy": {f: cell.accuracy for f, cell in factors.factors.items()} if factors else {},
         "texture_error_ratio": texture.error_ratio,
@@ -419,6 +432,8 @@ def _summary_row(v: Variant) -> dict[str, Any]:
 
 SUMMARY_METRICS = {
     "val_top1": "top1",
+    "linear_probe_top1": "probe/linear/top1",
+    "knn_top1": "probe/knn/top1",
     "factor_average": "factor_average",
     "texture_error_ratio": "error_ratio/texture",
     "shape_bias": "shape_bias",
@@ -439,7 +454,7 @@ def summary(
         row["reference"] = reference
         row["marks"] = {k: marks[name, m] for k, m in SUMMARY_METRICS.items() if (name, m) in marks}
         for key in SPREAD:
-            row[key], row["sd"][key], _ = mean_sd([r[key] for r in per_seed])
+            row[key], row["sd"][key], _ = mean_sd([r.get(key) for r in per_seed])
         factors = {f for r in per_seed for f in r["factor_accuracy"]}
         means = {f: mean_sd([r["factor_accuracy"].get(f) for r in per_seed])[0] for f in factors}
         means = {f: a for f, a in means.items() if a is not None}
@@ -468,6 +483,8 @@ def summary_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str
         "variant",
         "masking",
         "val. top-1",
+        "linear probe",
+        "kNN",
         "factor avg.",
         "worst factor",
         "texture ER",
@@ -492,6 +509,8 @@ def summary_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str
                 r["variant"] + (f" ({'; '.join(notes)})" if notes else ""),
                 r["masking"],
                 pct(r["val_top1"], sd["val_top1"]) + mark.get("val_top1", ""),
+                pct(r["linear_probe_top1"], sd["linear_probe_top1"]) + mark.get("linear_probe_top1", ""),
+                pct(r["knn_top1"], sd["knn_top1"]) + mark.get("knn_top1", ""),
                 pct(r["factor_average"], sd["factor_average"]) + mark.get("factor_average", ""),
                 worst,
                 texture + mark.get("texture_error_ratio", ""),
@@ -504,6 +523,8 @@ def summary_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str
     footnotes = [
         "val. top-1 and factor avg. (accuracy over all factor-annotated images) in %; worst factor: the factor with "
         "the lowest accuracy (%).",
+        "linear probe / kNN: top-1 (%) of a logistic regression / a kNN vote on the frozen encoder's features (the "
+        "pretrained encoder; for a variant without pretraining, its random initialisation), when eval.probes ran.",
         "texture ER: texture error ratio (1 - texture accuracy) / (1 - factor avg.); 1.0 = as error-prone as the "
         f"average image. {THIN} thin.",
         f"occlusion ER @{OCCLUSION_RATIO:g}: (1 - accuracy with {OCCLUSION_RATIO:.0%} of the patches occluded) / "
@@ -536,6 +557,8 @@ def summary_csv(rows: list[dict], path: str | Path) -> Path:
         "masking",
         "val_top1",
         "finetune_top1",
+        "linear_probe_top1",
+        "knn_top1",
         "factor_average",
         "worst_factor",
         "worst_factor_accuracy",

@@ -27,9 +27,10 @@ from mixmask.evaluation import imagenet_x
 from mixmask.evaluation.cka import occlusion_invariance
 from mixmask.evaluation.classification import Outputs, collect, topk_accuracy
 from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_curve, occlusion_predictions
+from mixmask.evaluation.probes import knn_probe, linear_probe
 from mixmask.evaluation.reconstruction import reconstruct
 from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
-from mixmask.models.classifier import Classifier, classes_in, read_weights
+from mixmask.models.classifier import Classifier, classes_in, load_backbone_weights, read_weights
 from mixmask.report import plots
 from mixmask.report.figures import reconstruction_figure
 from mixmask.results import (
@@ -38,6 +39,7 @@ from mixmask.results import (
     EvaluateResults,
     Factors,
     OcclusionCurve,
+    ProbeResults,
     Reconstruction,
     ShapeBias,
     Skipped,
@@ -85,17 +87,28 @@ def write_csv(path: Path, header: list[str], rows) -> None:
         writer.writerows(rows)
 
 
-def write_predictions(path: Path, dataset, outputs: Outputs) -> dict[str, int]:
-    """Per-image predictions as CSV (file_name, label, prediction, correct, class names), so any number can be
-    recomputed with other tools; returns ``{file_name: predicted index}``."""
+def write_predictions(path: Path, dataset, outputs: Outputs, scores: torch.Tensor | None = None) -> dict[str, int]:
+    """Per-image predictions (the argmax of ``scores``, by default the outputs' own values) as CSV (file_name, label,
+    prediction, correct, class names), so any number can be recomputed with other tools; returns
+    ``{file_name: predicted index}``."""
     names = [dataset.file_name(i) for i in outputs.indices.tolist()]
-    predicted = outputs.values.argmax(1).tolist()
+    predicted = (outputs.values if scores is None else scores).argmax(1).tolist()
     rows = (
         [name, label, guess, int(label == guess), dataset.classes[label], dataset.classes[guess]]
         for name, label, guess in zip(names, outputs.labels.tolist(), predicted, strict=True)
     )
     write_csv(path, ["file_name", "label", "prediction", "correct", "label_name", "prediction_name"], rows)
     return dict(zip(names, predicted, strict=True))
+
+
+def write_cue_conflict(path: Path, dataset, indices, shapes, textures, predicted) -> None:
+    """Per cue-conflict image: its shape and texture classes, the prediction, and which cue it followed."""
+    rows = (
+        [dataset.file_name(i), shape, texture, guess, int(guess == shape), int(guess == texture)]
+        for i, shape, texture, guess in zip(indices, shapes, textures, predicted, strict=True)
+    )
+    header = ["file_name", "shape", "texture", "prediction", "shape_decision", "texture_decision"]
+    write_csv(path, header, rows)
 
 
 def write_factor_images(path: Path, factors: imagenet_x.FactorResults) -> None:
@@ -105,26 +118,36 @@ def write_factor_images(path: Path, factors: imagenet_x.FactorResults) -> None:
     write_csv(path, ["file_name", "correct", *imagenet_x.FACTORS], rows)
 
 
-def factor_results(
-    cfg: Config, classifier: Classifier, val_set, val_predictions: dict[str, int], out_dir: Path, device
+def score_factors(
+    cfg: Config, val_set, val_predictions: dict[str, int], test_set, test_predictions: dict[str, int] | None
 ) -> imagenet_x.FactorResults | str:
-    """ImageNet-X style factor accuracies: ShapesX test annotations, or ImageNet-X on ImageNet val file names."""
-    ev, data = cfg.eval, cfg.data
+    """ImageNet-X style factor accuracies: on ShapesX, the test split's annotations; on ImageNet(-100) class
+    folders, ImageNet-X on the val file names; else why they do not apply."""
+    ev = cfg.eval
     options = {
         "which_factor": ev.which_factor,
         "filter_prototypes": ev.filter_prototypes,
         "min_count": ev.min_factor_images,
     }
-    if data.dataset == "shapesx":
-        transform = eval_transform_for(data)
-        test = build_dataset(data, "test", transform)
-        outputs = collect(classifier, eval_loader(test, data, ev.batch_size), device, "ShapesX test")
-        predictions = write_predictions(out_dir / "test_predictions.csv", test, outputs)
-        return imagenet_x.evaluate_annotations(predictions, imagenet_x.shapesx_rows(test), **options)
+    if test_predictions is not None:
+        return imagenet_x.evaluate_annotations(test_predictions, imagenet_x.shapesx_rows(test_set), **options)
     classes = list(val_set.classes)
     if not all(WNID.match(c) for c in classes):
         return "the class folders are not ImageNet wnids, so ImageNet-X annotations do not apply"
     return imagenet_x.evaluate(val_predictions, wnids=classes, **options)
+
+
+def factor_results(
+    cfg: Config, classifier: Classifier, val_set, val_predictions: dict[str, int], out_dir: Path, device
+) -> imagenet_x.FactorResults | str:
+    """The classifier's factor accuracies (``score_factors``), predicting the ShapesX test split first."""
+    ev, data = cfg.eval, cfg.data
+    if data.dataset != "shapesx":
+        return score_factors(cfg, val_set, val_predictions, None, None)
+    test = build_dataset(data, "test", eval_transform_for(data))
+    outputs = collect(classifier, eval_loader(test, data, ev.batch_size), device, "ShapesX test")
+    predictions = write_predictions(out_dir / "test_predictions.csv", test, outputs)
+    return score_factors(cfg, val_set, val_predictions, test, predictions)
 
 
 def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.device) -> list[Reconstruction]:
@@ -225,18 +248,87 @@ def evaluate_classifier(
                 classifier, cue_conflict, ev.batch_size, device
             )
             results.shape_bias = ShapeBias(**shape_bias(predicted, shapes, textures, cue_conflict.classes))
-            rows = (
-                [cue_conflict.file_name(i), shape, texture, guess, int(guess == shape), int(guess == texture)]
-                for i, shape, texture, guess in zip(indices, shapes, textures, predicted, strict=True)
+            write_cue_conflict(
+                out_dir / "cue_conflict_predictions.csv", cue_conflict, indices, shapes, textures, predicted
             )
-            header = ["file_name", "shape", "texture", "prediction", "shape_decision", "texture_decision"]
-            write_csv(out_dir / "cue_conflict_predictions.csv", header, rows)
             results.per_image["shape_bias"] = "cue_conflict_predictions.csv"
             plots.shape_bias_bars(results.shape_bias, out_dir / "shape_bias.png")
             print(f"shape bias: {results.shape_bias.shape_bias:.3f}")
         else:
             results.shape_bias = Skipped("shape bias needs the ShapesX cue-conflict split")
         lap("shape_bias")
+
+
+def probe_encoder(cfg: Config, init: str, num_classes: int, device: torch.device) -> tuple[Classifier, str]:
+    """The encoder the probes read, in eval mode: the backbone of ``init`` (a pretraining run or a weights file),
+    or, without one, a random initialisation drawn from ``train.seed`` (what a scratch run started from)."""
+    torch.manual_seed(cfg.train.seed)
+    encoder = Classifier(cfg.model.backbone, num_classes, image_size=cfg.data.image_size)
+    if init:
+        load_backbone_weights(encoder, init)
+    return encoder.to(device).eval(), init or f"random init (train.seed={cfg.train.seed})"
+
+
+def probe_results(cfg: Config, init: str, device: torch.device, out_dir: Path, results: EvaluateResults) -> None:
+    """``eval.probes`` on the frozen encoder: features of the training images (``eval.probe_images`` of them), the
+    validation split and, on ShapesX, the test and cue-conflict splits, computed once; each probe's accuracy,
+    factors and shape bias into ``results.probes`` with their per-image records."""
+    ev, data = cfg.eval, cfg.data
+    transform = eval_transform_for(data)
+    sets = {"train": build_dataset(data, "train", transform), "val": build_dataset(data, "val", transform)}
+    if data.dataset == "shapesx":
+        sets |= {
+            "test": build_dataset(data, "test", transform),
+            "cue_conflict": build_dataset(data, "cue_conflict", transform),
+        }
+    encoder, described = probe_encoder(cfg, init, len(sets["train"].classes), device)
+    limits = {"train": ev.probe_images, "val": ev.max_images}
+    features = {
+        split: collect(encoder.features, eval_loader(dataset, data, ev.batch_size, limits.get(split, 0)), device,
+                       f"probe features: {split}")
+        for split, dataset in sets.items()
+    }  # fmt: skip
+    train, classes = features["train"], len(sets["train"].classes)
+    for kind in ev.probes:
+        if kind == "linear":
+            classify = linear_probe(train.values, train.labels, classes, ev.probe_weight_decay)
+            settings = {"weight_decay": ev.probe_weight_decay, "features": "standardised, pooled"}
+        else:
+            classify = knn_probe(train.values, train.labels, classes, cfg.finetune.knn_k, cfg.finetune.knn_temperature)
+            settings = {"k": cfg.finetune.knn_k, "temperature": cfg.finetune.knn_temperature}
+        prefix = f"probe_{kind}"
+        val, val_scores = features["val"], classify(features["val"].values)
+        accuracy = Accuracy(topk_accuracy(val_scores, val.labels, ev.topk), len(val.labels))
+        val_predictions = write_predictions(out_dir / f"{prefix}_val.csv", sets["val"], val, val_scores)
+        results.per_image[f"probe/{kind}/top1"] = f"{prefix}_val.csv"
+        probe = ProbeResults(kind, described, len(train.labels), settings, accuracy)
+        if ev.imagenet_x:
+            test_predictions = None
+            if "test" in sets:
+                test = features["test"]
+                test_predictions = write_predictions(
+                    out_dir / f"{prefix}_test.csv", sets["test"], test, classify(test.values)
+                )
+            factors = score_factors(cfg, sets["val"], val_predictions, sets.get("test"), test_predictions)
+            if isinstance(factors, str):
+                probe.factors = Skipped(factors)
+            else:
+                probe.factors = Factors.from_json(factors.to_dict())
+                write_factor_images(out_dir / f"{prefix}_factor_images.csv", factors)
+                results.per_image[f"probe/{kind}/factors"] = f"{prefix}_factor_images.csv"
+        if ev.shape_bias and "cue_conflict" in sets:
+            conflict = features["cue_conflict"]
+            predicted = classify(conflict.values).argmax(1).tolist()
+            indices = conflict.indices.tolist()
+            shapes = [int(sets["cue_conflict"].annotation(i)["shape"]) for i in indices]
+            textures = [int(sets["cue_conflict"].annotation(i)["texture"]) for i in indices]
+            probe.shape_bias = ShapeBias(**shape_bias(predicted, shapes, textures, sets["cue_conflict"].classes))
+            write_cue_conflict(
+                out_dir / f"{prefix}_cue_conflict.csv", sets["cue_conflict"], indices, shapes, textures, predicted
+            )
+            results.per_image[f"probe/{kind}/shape_bias"] = f"{prefix}_cue_conflict.csv"
+        results.probes[kind] = probe
+        print(f"{kind} probe on the frozen encoder ({described}): top1 {accuracy.top1:.4f}")
 
 
 def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
@@ -262,6 +354,12 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
         classifier = load_classifier(cfg, run_dir, device)
         results.seconds["load"] = time.perf_counter() - start
         evaluate_classifier(cfg, classifier, device, out_dir, results, save)
+
+    if ev.probes:
+        start = time.perf_counter()
+        probe_results(cfg, str(run_dir) if task == "pretrain" else cfg.finetune.init, device, out_dir, results)
+        results.seconds["probes"] = time.perf_counter() - start
+        save()
 
     pretrain_run = run_dir if task == "pretrain" else Path(cfg.finetune.init) if cfg.finetune.init else None
     if (

@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,19 +113,23 @@ def _evaluate_probe(cfg: Config) -> dict[str, tuple[float, float]]:
     from mixmask.engine import distributed
     from mixmask.models.classifier import Classifier
     from mixmask.results import EvaluateResults
-    from mixmask.tasks.evaluate import evaluate_classifier
+    from mixmask.tasks.evaluate import evaluate_classifier, probe_results
 
     device = distributed.setup(cfg.train.device).device
     classifier = Classifier(cfg.model.backbone, len(_classes(cfg)), image_size=cfg.data.image_size).to(device).eval()
     runs = []
     for images in (PROBE_IMAGES, 2 * PROBE_IMAGES):
-        probe = _probe_config(cfg, max_images=images, cka_images=images)
+        probe = _probe_config(cfg, max_images=images, cka_images=images, probe_images=images)
         if probe.data.dataset == "shapesx":
             probe.data.shapesx.test = images
             probe.data.shapesx.cue_conflict = images
         results = EvaluateResults(run="", run_task="plan", settings={}, data={})
         with tempfile.TemporaryDirectory() as folder, _quiet():
             evaluate_classifier(probe, classifier, device, Path(folder), results, lambda: None)
+            if probe.eval.probes:  # a random encoder costs what a pretrained one does
+                start = time.perf_counter()
+                probe_results(probe, "", device, Path(folder), results)
+                results.seconds["probes"] = time.perf_counter() - start
         runs.append((_evaluation_images(probe), results.seconds))
     (few, few_seconds), (many, many_seconds) = runs
     costs = {}
@@ -155,6 +160,10 @@ def _evaluation_images(cfg: Config) -> dict[str, int]:
         counts["cka"] = min(ev.cka_images, _images(cfg, "val")) * (1 + ratios)
     if ev.shape_bias and data.dataset == "shapesx":
         counts["shape_bias"] = _images(cfg, "cue_conflict")
+    if ev.probes:  # features of the training images and of every evaluated split, once
+        train = min(ev.probe_images, _images(cfg, "train")) if ev.probe_images else _images(cfg, "train")
+        shapesx = _images(cfg, "test") + _images(cfg, "cue_conflict") if data.dataset == "shapesx" else 0
+        counts["probes"] = train + val + shapesx
     return counts
 
 

@@ -1,4 +1,4 @@
-"""Low-label training sets: class-balanced, determined by the seed alone, keeping the data set's labels and names."""
+"""Subsets: low-label training sets (class-balanced, chosen by the seed alone) and capped evaluations (every class)."""
 
 from collections import Counter
 
@@ -19,3 +19,18 @@ def test_a_label_fraction_is_balanced_and_chosen_by_the_seed():
     assert train.file_name(index) == names[5] and label == train.label(index)
     assert label_fraction(train, 1.0, seed=3) is train
     assert len(label_fraction(train, 0.001, seed=0)) == 10  # at least one image of each class
+
+
+def test_a_capped_evaluation_covers_every_class():
+    """ShapesX labels cycle through the classes: every k-th image would hold only some of them."""
+    from mixmask.config import DataConfig
+    from mixmask.data import eval_loader
+    from mixmask.data.transforms import eval_transform_for
+
+    val = ShapesX("val", size=32, length=1500, transform=eval_transform_for(DataConfig(image_size=32)))
+    loader = eval_loader(val, DataConfig(num_workers=0), batch_size=600, max_images=600)
+    labels = [label for batch in loader for label in batch.labels.tolist()]
+    counts = Counter(labels)
+    assert len(labels) == 600 and set(counts) == set(range(10)) and min(counts.values()) > 35
+    again = [i for batch in eval_loader(val, DataConfig(num_workers=0), 600, 600) for i in batch.indices.tolist()]
+    assert again == [i for batch in loader for i in batch.indices.tolist()]  # the same images for every model
