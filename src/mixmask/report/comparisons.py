@@ -5,8 +5,12 @@ The numbers come from the per-image records each evaluation wrote (``EvaluateRes
 re-derived from the aggregate tables. Per seed, an accuracy (validation top-1, a factor's accuracy, accuracy at an
 occlusion ratio) is compared with McNemar's exact test and a ratio (a factor's error ratio, shape bias) with a
 paired bootstrap over images; when both ran two or more seeds, the mean difference over their common seeds gets a
-hierarchical bootstrap (seeds, then images). Rows of one reference at one level (one seed, or ``all``) form one
-Holm family. Occlusion ratio 0 is the clean validation accuracy, already compared as ``top1``.
+hierarchical bootstrap (seeds, then images). Holm's correction runs within the rows of one table of the report at
+one level (one seed, or ``all``), for one reference: the headline numbers (top-1, factor average, shape bias, and
+the probes' top-1), the factor accuracies, the error ratios, the occlusion accuracies, each of the finetuned
+classifier or of one probe. Bootstrap p-values cannot be smaller than 2 / (resamples + 1), so the default 10,000
+resamples keep a family of 50 rows resolvable. Occlusion ratio 0 is the clean validation accuracy, already compared
+as ``top1``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mixmask.factors import FACTORS
 from mixmask.results import Comparison, Variant, by_name
 
 ALPHA = 0.05
+RESAMPLES = 10_000
 COLUMNS = [
     "variant",
     "reference",
@@ -143,9 +148,20 @@ def _row(variant: str, reference: str, metric: str, seed: str, test: statistics.
     }
 
 
-def compare(variants: list[Variant], reference: str, resamples: int = statistics.RESAMPLES) -> list[Comparison]:
+def family(metric: str) -> str:
+    """The table a metric is read in, which is its Holm family (with the reference and the seed level)."""
+    prefix, name = "", metric
+    if metric.startswith("probe/"):
+        kind, _, name = metric[len("probe/") :].partition("/")
+        prefix = f"probe/{kind}/"
+    if name in ("top1", "factor_average", "shape_bias"):
+        return "headline"  # the summary table: every classifier and probe together
+    return prefix + name.split("/", 1)[0]
+
+
+def compare(variants: list[Variant], reference: str, resamples: int = RESAMPLES) -> list[Comparison]:
     """Every variant against ``reference``: per common seed, and pooled (``seed="all"``) when they share two or
-    more seeds; Holm-corrected within each (reference, level) family."""
+    more seeds; Holm-corrected within each family (``family``) at each seed level."""
     groups = by_name(variants)
     if reference not in groups:
         return []
@@ -171,9 +187,9 @@ def compare(variants: list[Variant], reference: str, resamples: int = statistics
                 statistic = _statistic(seeds[0][0])
                 test = statistics.hierarchical_bootstrap(statistic, [(a, b) for _, a, b in seeds], resamples)
                 rows.append(_row(name, reference, metric, "all", test))
-    families: dict[tuple[str, str], list[int]] = {}
+    families: dict[tuple[str, str, str], list[int]] = {}
     for i, row in enumerate(rows):
-        families.setdefault((row["reference"], row["seed"]), []).append(i)
+        families.setdefault((row["reference"], row["seed"], family(row["metric"])), []).append(i)
     for members in families.values():
         p_values = [rows[i]["p_value"] for i in members]
         finite = [i for i, p in zip(members, p_values, strict=True) if p == p]  # nan: no resample was defined
@@ -240,7 +256,7 @@ def resolved_lines(comparisons: list[Comparison], limit: int = 12) -> list[str]:
     reference = rows[0].reference
     lines = [
         f"{len(significant)} of {len(rows)} differences to {reference} are resolved (95 % intervals, Holm-corrected "
-        f"p < {ALPHA} within each seed level); the other {len(rows) - len(significant)} are within noise."
+        f"p < {ALPHA} within each table); the other {len(rows) - len(significant)} are not."
     ]
     for c in significant[:limit]:
         direction = "higher" if c.difference > 0 else "lower"
