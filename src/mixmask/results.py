@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mixmask.config import is_vit
 
@@ -234,10 +234,14 @@ def _json(value: Any) -> Any:
 
 
 class _Record:
-    """``to_json`` / ``from_json`` of a flat record (fields that are plain JSON values)."""
+    """``to_json`` / ``from_json`` of a record whose fields are JSON values or records; with ``omit_none``, fields
+    left None (a metric not measured) are left out of the JSON."""
+
+    omit_none: ClassVar[bool] = False
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: _json(getattr(self, f.name)) for f in fields(self)}
+        out = {f.name: _json(getattr(self, f.name)) for f in fields(self)}
+        return {k: v for k, v in out.items() if v is not None} if self.omit_none else out
 
     @classmethod
     def from_json(cls, data: Any, where: str):
@@ -443,8 +447,7 @@ class FinetuneResults(_Record):
     train_images: int | None = None  # the labelled images trained on (finetune.label_fraction of the split)
     task: str = "finetune"
 
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in super().to_json().items() if v is not None}
+    omit_none = True
 
     @classmethod
     def from_json(cls, data: Any, where: str = "results.json") -> FinetuneResults:
@@ -466,8 +469,7 @@ class ProbeResults(_Record):
     factors: Factors | Skipped | None = None
     shape_bias: ShapeBias | Skipped | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in super().to_json().items() if v is not None}
+    omit_none = True
 
     @classmethod
     def from_json(cls, data: Any, where: str = "probe") -> ProbeResults:
@@ -504,8 +506,7 @@ class EvaluateResults(_Record):
     probes: dict[str, ProbeResults] = field(default_factory=dict)  # linear, knn: the frozen encoder's probes
     task: str = "evaluate"
 
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in super().to_json().items() if v is not None}
+    omit_none = True
 
     @classmethod
     def from_json(cls, data: Any, where: str = "results.json") -> EvaluateResults:
@@ -528,13 +529,13 @@ class EvaluateResults(_Record):
 class Comparison(_Record):
     """One row of ``comparisons.csv``: ``variant`` against ``reference`` on one metric, for one seed (or ``all``:
     pooled over the seeds both ran), paired on the same images. ``difference`` is variant minus reference with its
-    95 % interval; ``p_holm`` is Holm-corrected within the rows of the same reference and seed level."""
+    95 % interval; ``p_holm`` is Holm-corrected within its table (``report.comparisons.family``) at its seed level.
+    ``metric``: top1, factor_average, factor_acc/<factor>, error_ratio/<factor>, occlusion/<ratio>, shape_bias, and
+    the probes' as probe/<kind>/<metric>."""
 
     variant: str
     reference: str
-    metric: (
-        str  # top1, factor_average, factor_acc/<f>, error_ratio/<f>, occlusion/<ratio>, shape_bias; probe/<kind>/...
-    )
+    metric: str
     seed: str  # the seed, or "all"
     test: str  # mcnemar | bootstrap | hierarchical_bootstrap
     n_images: int

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -131,21 +132,7 @@ def _statistic(kind: str) -> statistics.Statistic:
 
 
 def _row(variant: str, reference: str, metric: str, seed: str, test: statistics.PairedTest) -> dict:
-    return {
-        "variant": variant,
-        "reference": reference,
-        "metric": metric,
-        "seed": seed,
-        "test": test.test,
-        "n_images": test.n_images,
-        "n_seeds": test.n_seeds,
-        "value": test.value,
-        "reference_value": test.reference_value,
-        "difference": test.difference,
-        "ci_low": test.ci_low,
-        "ci_high": test.ci_high,
-        "p_value": test.p_value,
-    }
+    return {"variant": variant, "reference": reference, "metric": metric, "seed": seed, **asdict(test)}
 
 
 def family(metric: str) -> str:
