@@ -181,3 +181,15 @@ def test_damaged_run_and_sweep_records_are_one_line(tmp_path, capsys):
     assert one_error_line(capsys).startswith(
         f"variant 'a' in {tmp_path / 's' / 'results.sqlite'} was recorded with other settings"
     )
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(monkeypatch, capsys):
+    from mixmask import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_config", interrupted)
+    assert main(["config"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted; run the same command again to resume" in err

@@ -337,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # checkpoints and the store are written atomically: nothing is half-written
+        print(
+            "mixmask: interrupted; run the same command again to resume (a single run: --resume RUN_DIR)",
+            file=sys.stderr,
+        )
+        return 130
     except ConfigError as error:
         print(f"mixmask: error: {error}", file=sys.stderr)
         return 2

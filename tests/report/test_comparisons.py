@@ -102,6 +102,9 @@ def test_seeds_pair_by_seed_and_pool_with_a_hierarchical_bootstrap(tmp_path):
     lines = comparisons.resolved_lines(rows)
     assert lines[0].startswith(f"0 of {len(comparisons.headline(rows))} differences to scratch are resolved")
     assert any(line.startswith("not resolved: p4: top1") and "3 seeds" in line for line in lines)
+    assert not any(line.startswith("caution") for line in lines)  # three seeds
+    two = [v for v in variants if v.seed in (0, 1)]
+    assert comparisons.resolved_lines(comparisons.compare(two, "scratch", resamples=200))[-1].startswith("caution")
     path = comparisons.write_csv(rows, tmp_path / "comparisons.csv")
     with path.open(newline="") as handle:
         read = list(csv.DictReader(handle))

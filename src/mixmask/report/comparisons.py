@@ -253,4 +253,9 @@ def resolved_lines(comparisons: list[Comparison], limit: int = 12) -> list[str]:
     top1 = [c for c in rows if c.metric.endswith("top1") and not c.significant]
     for c in top1:
         lines.append(f"not resolved: {describe(c)}")
+    if any(c.seed == "all" and c.n_seeds == 2 for c in rows):
+        lines.append(
+            "caution: with two seeds the pooled intervals see the spread between seeds through two values only "
+            "and may be too narrow; run three or more seeds (`seeds:` in the sweep) for conclusions."
+        )
     return lines
