@@ -1,0 +1,1 @@
+"""Analyses of what a network learnt, beyond its accuracy: multi-order interactions (``interactions``)."""
