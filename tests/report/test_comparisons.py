@@ -105,6 +105,10 @@ def test_seeds_pair_by_seed_and_pool_with_a_hierarchical_bootstrap(tmp_path):
     assert not any(line.startswith("caution") for line in lines)  # three seeds
     two = [v for v in variants if v.seed in (0, 1)]
     assert comparisons.resolved_lines(comparisons.compare(two, "scratch", resamples=200))[-1].startswith("caution")
+    header, body, notes = comparisons.headline_grid(rows)
+    assert header == ["variant", "val. top-1", "factor avg.", "shape bias"] and [r[0] for r in body] == ["p4"]
+    assert body[0][1] == f"{100 * pooled.difference:+.1f} [{100 * pooled.ci_low:+.1f}, {100 * pooled.ci_high:+.1f}]"
+    assert "hierarchical bootstrap (3 seed(s))" in notes[0]
     path = comparisons.write_csv(rows, tmp_path / "comparisons.csv")
     with path.open(newline="") as handle:
         read = list(csv.DictReader(handle))

@@ -203,6 +203,46 @@ def marks(comparisons: list[Comparison]) -> dict[tuple[str, str], str]:
     return {(c.variant, c.metric): "↑" if c.difference > 0 else "↓" for c in headline(comparisons) if c.significant}
 
 
+HEADLINE_COLUMNS = {
+    "top1": "val. top-1",
+    "probe/linear/top1": "linear probe",
+    "probe/knn/top1": "kNN",
+    "factor_average": "factor avg.",
+    "shape_bias": "shape bias",
+}
+
+
+def headline_grid(comparisons: list[Comparison]) -> tuple[list[str], list[list[str]], list[str]]:
+    """The headline differences to the reference, a variant per row: ``difference [95 % interval]`` in points (or
+    plain for shape bias), ``↑`` / ``↓`` when resolved; the columns no variant has are left out."""
+    rows = {(c.variant, c.metric): c for c in headline(comparisons)}
+    metrics = [m for m in HEADLINE_COLUMNS if any(metric == m for _, metric in rows)]
+    variants = list(dict.fromkeys(variant for variant, _ in rows))
+    body = []
+    for variant in variants:
+        cells = [variant]
+        for metric in metrics:
+            c = rows.get((variant, metric))
+            if c is None:
+                cells.append("–")
+                continue
+            mark = ("↑" if c.difference > 0 else "↓") if c.significant else ""
+            cells.append(
+                f"{_points(metric, c.difference)} [{_points(metric, c.ci_low)}, {_points(metric, c.ci_high)}]{mark}"
+            )
+        body.append(cells)
+    reference = comparisons[0].reference if comparisons else "?"
+    seeds = sorted({c.n_seeds for c in rows.values()})
+    footnotes = [
+        f"Difference to {reference} (variant minus reference) with its 95 % interval, paired on the same images; "
+        "accuracies in points, shape bias as a fraction. "
+        + ("Pooled over seeds by a hierarchical bootstrap" if seeds[-1] > 1 else "One seed (McNemar's interval)")
+        + f" ({' / '.join(map(str, seeds))} seed(s)). ↑ / ↓: resolved, Holm-corrected p < {ALPHA} within the table.",
+        "Every metric (factors, error ratios, occlusion, the probes' factors), per seed and pooled: comparisons.csv.",
+    ]
+    return ["variant", *[HEADLINE_COLUMNS[m] for m in metrics]], body, footnotes
+
+
 def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
     path = Path(path)
     with path.open("w", newline="") as handle:
@@ -239,7 +279,7 @@ def resolved_lines(comparisons: list[Comparison], limit: int = 12) -> list[str]:
     rows = headline(comparisons)
     if not rows:
         return []
-    significant = sorted((c for c in rows if c.significant), key=lambda c: c.p_holm)
+    significant = sorted((c for c in rows if c.significant), key=lambda c: (family(c.metric) != "headline", c.p_holm))
     reference = rows[0].reference
     lines = [
         f"{len(significant)} of {len(rows)} differences to {reference} are resolved (95 % intervals, Holm-corrected "

@@ -290,7 +290,8 @@ def _setup(report: dict) -> str:
 def render(report: dict) -> str:
     """The page's HTML text. ``report``: ``title``, ``meta`` (the store's meta), ``generated`` (unix time),
     ``sweep_dir``, ``variants`` (collect.collect_variants), ``resolved`` (comparisons.resolved_lines: the first is
-    the overall sentence), ``summary``, ``table1`` and ``counts`` (the rows of
+    the overall sentence), ``comparisons`` (comparisons.headline_grid, or None), ``summary``, ``table1`` and
+    ``counts`` (the rows of
     tables.summary / table1 / counts), ``figures`` {figure2, figure3, occlusion, cka, shape-bias: PNG path or None},
     ``curves`` {variant name: PNG path or None} and ``notes`` (lines shown under the setup)."""
     figures = report.get("figures") or {}
@@ -302,7 +303,10 @@ def render(report: dict) -> str:
         body.append(f'<p class="lead">{_e(resolved[0])}</p>')
         if len(resolved) > 1:
             body.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in resolved[1:]) + "</ul>")
-        body.append('<p class="footnotes">Every difference with its interval and p-values: comparisons.csv.</p>')
+        if report.get("comparisons"):
+            body.append(html_table(report["comparisons"], label_columns=1))
+        else:
+            body.append('<p class="footnotes">Every difference with its interval and p-values: comparisons.csv.</p>')
         body.append("</section>")
     body.append('<section id="summary"><h2>Summary</h2>')
     body.append(html_table(tables.summary_grid(report["summary"])) + "</section>")

@@ -124,6 +124,7 @@ def report(
             "table1": rows1,
             "counts": count_rows,
             "resolved": resolved,
+            "comparisons": comparisons.headline_grid(compared) if compared else None,
             "figures": written,
             "curves": curves,
             "notes": notes,
