@@ -369,6 +369,9 @@ class EvalConfig:
     cka: bool = True
     cka_images: int = 1000
     cka_debiased: bool = False
+    # also the CKA of the encoder before finetuning (the pretraining's, or scratch's random init): the report shows
+    # both; evaluating a pretraining run measures its encoder's CKA in any case
+    cka_encoder: bool = False
     shape_bias: bool = True
     reconstruction: bool = True
 

@@ -497,6 +497,7 @@ class EvaluateResults(_Record):
     factors: Factors | Skipped | None = None
     occlusion: OcclusionCurve | None = None
     cka: CKACurves | None = None
+    cka_encoder: CKACurves | None = None  # the encoder before finetuning (eval.cka_encoder)
     shape_bias: ShapeBias | Skipped | None = None
     reconstruction: list[Reconstruction] | None = None
     reconstruction_run: str | None = None
@@ -517,6 +518,7 @@ class EvaluateResults(_Record):
             factors=_metric(Factors, r.factors, f"{where}: factors"),
             occlusion=_optional(OcclusionCurve, r.occlusion, f"{where}: occlusion"),
             cka=_optional(CKACurves, r.cka, f"{where}: cka"),
+            cka_encoder=_optional(CKACurves, r.cka_encoder, f"{where}: cka_encoder"),
             shape_bias=_metric(ShapeBias, r.shape_bias, f"{where}: shape_bias"),
             reconstruction=None
             if r.reconstruction is None

@@ -284,6 +284,18 @@ def test_probes_read_the_pretrained_encoder_and_a_random_one_for_scratch(runs, t
     assert random["encoder"] == "random init (train.seed=0)"
 
 
+def test_cka_of_the_encoder_before_finetuning(runs, tmp_path):
+    pre, ft = runs
+    only = ["eval.imagenet_x=false", "eval.occlusion=false", "eval.shape_bias=false", "eval.reconstruction=false"]
+    only += ["eval.cka_images=32"]
+    assert main(["evaluate", str(pre), *only, "--out", str(tmp_path / "pre")]) == 0  # a pretraining run: its encoder
+    encoder = json.loads((tmp_path / "pre" / "results.json").read_text())["cka"]
+    assert main(["evaluate", str(ft), *only, "eval.cka_encoder=true", "--out", str(tmp_path / "ft")]) == 0
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["cka_encoder"] == encoder  # the finetuned run's encoder before finetuning is the pretraining's
+    assert results["cka"] != encoder and (tmp_path / "ft" / "cka_encoder.png").is_file()
+
+
 def test_evaluate_refuses_what_it_cannot_evaluate(runs, tmp_path, capsys):
     assert main(["evaluate", "eval.cka=false"]) == 2
     assert "eval.run" in capsys.readouterr().err

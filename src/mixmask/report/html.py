@@ -46,6 +46,8 @@ CAPTIONS = {
     "same occlusions.",
     "cka": "Occlusion invariance: linear CKA between the features of clean and occluded images per network stage, one "
     "panel per variant (1.0: occlusion leaves the representation unchanged). Scroll sideways for more variants.",
+    "cka-encoder": "The same before finetuning: CKA of each variant's encoder as pretraining left it (a variant "
+    "without pretraining: its random initialisation), from eval.cka_encoder.",
     "shape-bias": "Cue-conflict shape bias per shape class (bars) and overall (dashed lines): the share of shape "
     "decisions among shape-or-texture decisions; higher means the network follows shape over colour and texture.",
 }
@@ -292,7 +294,8 @@ def render(report: dict) -> str:
     ``sweep_dir``, ``variants`` (collect.collect_variants), ``resolved`` (comparisons.resolved_lines: the first is
     the overall sentence), ``comparisons`` (comparisons.headline_grid, or None), ``summary``, ``table1`` and
     ``counts`` (the rows of
-    tables.summary / table1 / counts), ``figures`` {figure2, figure3, occlusion, cka, shape-bias: PNG path or None},
+    tables.summary / table1 / counts), ``figures`` {figure2, figure3, occlusion, cka, cka-encoder, shape-bias: PNG
+    path or None},
     ``curves`` {variant name: PNG path or None} and ``notes`` (lines shown under the setup)."""
     figures = report.get("figures") or {}
     curves = report.get("curves") or {}
@@ -322,6 +325,8 @@ def render(report: dict) -> str:
     for key, title in titles.items():
         body.append(f'<section id="{key}"><h2>{_e(title)}</h2>')
         body.append(figure(figures.get(key), CAPTIONS[key], title, MISSING_FIGURE[key], wide=key == "cka"))
+        if key == "cka" and figures.get("cka-encoder"):  # before finetuning, when eval.cka_encoder measured it
+            body.append(figure(figures["cka-encoder"], CAPTIONS["cka-encoder"], "CKA before finetuning", "", wide=True))
         body.append("</section>")
     body.append('<section id="counts"><h2>Image counts and 95 % intervals per factor</h2>')
     if report["counts"]:

@@ -175,6 +175,19 @@ def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.devi
     return results
 
 
+def cka_curves(cfg: Config, network: Classifier, val_set, device: torch.device) -> CKACurves:
+    """CKA occlusion invariance of ``network``'s stages on ``eval.cka_images`` validation images, at the occlusion
+    ratios above 0."""
+    ev = cfg.eval
+    settings = OcclusionSettings.from_config(cfg)
+    occluded_only = replace(settings, ratios=tuple(r for r in settings.ratios if r > 0))
+    loader = eval_loader(val_set, cfg.data, ev.batch_size, min(ev.cka_images, len(val_set)))
+    curves = occlusion_invariance(
+        network.backbone.forward_stages, loader, occluded_only, debiased=ev.cka_debiased, device=device
+    )
+    return CKACurves(**curves)
+
+
 def evaluate_classifier(
     cfg: Config, classifier: Classifier, device: torch.device, out_dir: Path, results: EvaluateResults, save
 ) -> None:
@@ -214,9 +227,8 @@ def evaluate_classifier(
             print(factors.table())
         lap("factors")
 
-    if ev.occlusion or ev.cka:  # built only when used: it insists on at least one ratio
-        occlusion = OcclusionSettings.from_config(cfg)
     if ev.occlusion:
+        occlusion = OcclusionSettings.from_config(cfg)
         indices, labels, predicted = occlusion_predictions(classifier, val_loader, occlusion, device=device)
         results.occlusion = OcclusionCurve(**occlusion_curve(labels, predicted, occlusion))
         header = ["file_name", "label"] + [f"prediction@{r:g}" for r in occlusion.ratios]
@@ -231,13 +243,7 @@ def evaluate_classifier(
         lap("occlusion")
 
     if ev.cka:
-        occluded_only = replace(occlusion, ratios=tuple(r for r in occlusion.ratios if r > 0))
-        cka_loader = eval_loader(val_set, data, ev.batch_size, min(ev.cka_images, len(val_set)))
-        results.cka = CKACurves(
-            **occlusion_invariance(
-                classifier.backbone.forward_stages, cka_loader, occluded_only, debiased=ev.cka_debiased, device=device
-            )
-        )
+        results.cka = cka_curves(cfg, classifier, val_set, device)
         plots.cka_curves(results.cka, out_dir / "cka.png")
         lap("cka")
 
@@ -355,10 +361,24 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
         results.seconds["load"] = time.perf_counter() - start
         evaluate_classifier(cfg, classifier, device, out_dir, results, save)
 
+    init = str(run_dir) if task == "pretrain" else cfg.finetune.init  # the encoder before finetuning
     if ev.probes:
         start = time.perf_counter()
-        probe_results(cfg, str(run_dir) if task == "pretrain" else cfg.finetune.init, device, out_dir, results)
+        probe_results(cfg, init, device, out_dir, results)
         results.seconds["probes"] = time.perf_counter() - start
+        save()
+    if ev.cka and (task == "pretrain" or ev.cka_encoder):
+        start = time.perf_counter()
+        val_set = build_dataset(data, "val", eval_transform_for(data))
+        encoder, described = probe_encoder(cfg, init, len(val_set.classes), device)
+        curves = cka_curves(cfg, encoder, val_set, device)
+        if task == "pretrain":
+            results.cka = curves
+        else:
+            results.cka_encoder = curves
+        plots.cka_curves(curves, out_dir / ("cka.png" if task == "pretrain" else "cka_encoder.png"))
+        print(f"CKA of the encoder before finetuning: {described}")
+        results.seconds["cka_encoder"] = time.perf_counter() - start
         save()
 
     pretrain_run = run_dir if task == "pretrain" else Path(cfg.finetune.init) if cfg.finetune.init else None

@@ -84,6 +84,7 @@ def report(
         ("figure2", "figure2_error_ratios.png", factors, plots.error_ratio_bars),
         ("occlusion", "occlusion.png", _by_variant(shown, "occlusion", OcclusionCurve), plots.occlusion_curve),
         ("cka", "cka.png", _by_variant(shown, "cka", CKACurves), plots.cka_curves),
+        ("cka-encoder", "cka_encoder.png", _by_variant(shown, "cka_encoder", CKACurves), plots.cka_curves),
         ("shape-bias", "shape_bias.png", _by_variant(shown, "shape_bias", ShapeBias), plots.shape_bias_bars),
     ]
     for key, name, data, draw in plan:
