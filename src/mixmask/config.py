@@ -366,6 +366,17 @@ class EvalConfig:
     probes: list[Literal["linear", "knn"]] = field(default_factory=list)
     probe_images: int = 0  # labelled training images the probes learn from (0: the whole train split)
     probe_weight_decay: float = 1e-4
+    # multi-order interactions J(m) of the finetuned classifier (mixmask.analysis.interactions), on the images among
+    # the first interaction_images validation images that it classifies correctly (the report intersects them
+    # across variants); each image's pairs and contexts are drawn from (eval.seed, its index)
+    interactions: bool = False
+    interaction_images: int = 32
+    interaction_grid: int = 4
+    interaction_pairs: int = 8
+    interaction_contexts: int = 16
+    # feature-map frequency and variance of the encoder before finetuning (mixmask.analysis.frequency)
+    frequency: bool = False
+    frequency_images: int = 64
     cka: bool = True
     cka_images: int = 1000
     cka_debiased: bool = False
@@ -392,6 +403,9 @@ class EvalConfig:
             len(set(self.probes)) == len(self.probes), f"{where}.probes", self.probes, "linear and/or knn, once each"
         )
         _require(self.probe_weight_decay >= 0, f"{where}.probe_weight_decay", self.probe_weight_decay, "a number >= 0")
+        for name in ("interaction_images", "interaction_pairs", "interaction_contexts", "frequency_images"):
+            _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
+        _require(self.interaction_grid >= 2, f"{where}.interaction_grid", self.interaction_grid, "an integer >= 2")
 
 
 @dataclass

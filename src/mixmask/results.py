@@ -381,6 +381,35 @@ class ShapeBias(_Record):
 
 
 @dataclass(frozen=True)
+class InteractionCurve(_Record):
+    """Multi-order interactions J(m) of a classifier: at each ratio, the order m, J(m) averaged over the ``images``
+    it classified correctly among ``candidates``, and J(m) over its mean across orders; with the grid, pairs and
+    contexts per image, and the seed their draws come from."""
+
+    grid: int
+    pairs: int
+    contexts: int
+    seed: int
+    candidates: int
+    images: int
+    ratios: list[float]
+    orders: list[int]
+    strength: list[float]
+    normalised: list[float]
+
+
+@dataclass(frozen=True)
+class FrequencyProfile(_Record):
+    """Feature-map frequency and variance of an encoder (``mixmask.analysis.frequency``) on ``images`` validation
+    images: per layer its name, depth in [0, 1], map size, relative log amplitude along the spectrum's diagonal
+    and mean spatial variance."""
+
+    encoder: str
+    images: int
+    layers: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class Reconstruction(_Record):
     """Masked-pixel PSNR of one masking strategy (index ``strategy``) on fixed images; ``figure`` and ``images``
     (the uint8 image rows, evaluation only) are paths relative to the run folder."""
@@ -498,6 +527,8 @@ class EvaluateResults(_Record):
     occlusion: OcclusionCurve | None = None
     cka: CKACurves | None = None
     cka_encoder: CKACurves | None = None  # the encoder before finetuning (eval.cka_encoder)
+    interactions: InteractionCurve | None = None
+    frequency: FrequencyProfile | Skipped | None = None  # the encoder before finetuning
     shape_bias: ShapeBias | Skipped | None = None
     reconstruction: list[Reconstruction] | None = None
     reconstruction_run: str | None = None
@@ -519,6 +550,8 @@ class EvaluateResults(_Record):
             occlusion=_optional(OcclusionCurve, r.occlusion, f"{where}: occlusion"),
             cka=_optional(CKACurves, r.cka, f"{where}: cka"),
             cka_encoder=_optional(CKACurves, r.cka_encoder, f"{where}: cka_encoder"),
+            interactions=_optional(InteractionCurve, r.interactions, f"{where}: interactions"),
+            frequency=_metric(FrequencyProfile, r.frequency, f"{where}: frequency"),
             shape_bias=_metric(ShapeBias, r.shape_bias, f"{where}: shape_bias"),
             reconstruction=None
             if r.reconstruction is None

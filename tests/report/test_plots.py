@@ -7,8 +7,16 @@ import torch
 from PIL import Image
 
 from mixmask.report.figures import reconstruction_figure
-from mixmask.report.plots import cka_curves, error_ratio_bars, factor_accuracy_bars, occlusion_curve, shape_bias_bars
-from mixmask.results import CKACurves, Factors, OcclusionCurve, ShapeBias
+from mixmask.report.plots import (
+    cka_curves,
+    error_ratio_bars,
+    factor_accuracy_bars,
+    frequency_profiles,
+    interaction_curves,
+    occlusion_curve,
+    shape_bias_bars,
+)
+from mixmask.results import CKACurves, Factors, FrequencyProfile, InteractionCurve, OcclusionCurve, ShapeBias
 
 
 def factor_results(shift=0.0):
@@ -58,6 +66,19 @@ def shape_results(bias=0.4):
     )
 
 
+def interactions(shift=0.0):
+    ratios = [0.0, 0.5, 1.0]
+    return InteractionCurve(4, 8, 16, 0, 32, 20, ratios, [0, 7, 14], [2.0, 1.0, 3.0], [1.0 + shift, 0.5, 1.5 - shift])
+
+
+def frequency(scale=1.0):
+    layers = [
+        {"layer": n, "depth": d, "size": [8, 8], "relative_log_amplitude": [0.0, -1.0 * scale], "spatial_variance": v}
+        for n, d, v in (("act1", 0.0, 0.5), ("layer1.0", 0.5, 0.2), ("layer2.0", 1.0, 0.05))
+    ]
+    return FrequencyProfile("random init", 16, layers)
+
+
 def check_png(path):
     assert path.exists() and path.stat().st_size > 1000
     with Image.open(path) as image:
@@ -73,6 +94,10 @@ CASES = [
     (occlusion_curve, lambda: {"A2MIM": occlusion_results(), "Mix-and-Mask": occlusion_results(0.1)}),
     (cka_curves, lambda: cka_results()),
     (cka_curves, lambda: {"A2MIM": cka_results(), "Mix-and-Mask": cka_results()}),
+    (interaction_curves, lambda: interactions()),
+    (interaction_curves, lambda: {"A2MIM": interactions(), "scratch": interactions(0.2)}),
+    (frequency_profiles, lambda: frequency()),
+    (frequency_profiles, lambda: {"A2MIM": frequency(), "scratch": frequency(2.0)}),
     (shape_bias_bars, lambda: shape_results()),
     (shape_bias_bars, lambda: {"A2MIM": shape_results(), "Mix-and-Mask": shape_results(None)}),
 ]

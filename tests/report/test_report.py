@@ -320,6 +320,30 @@ def test_report_command_on_a_sweep_that_has_not_run_yet(tmp_path, capsys):
     assert "status-damaged" in damaged and "PretrainResults field(s) missing: epochs, final_loss" in damaged
 
 
+def test_interactions_are_compared_on_the_images_every_variant_got_right(tmp_path):
+    from mixmask.results import EvaluateResults, InteractionCurve, StageRun, Variant
+    from mixmask.tasks.report import common_interactions
+
+    ratios = [0.0, 0.5, 1.0]
+    variants = []
+    for name, rows in (("a", {"x": [1, 2, 3], "y": [3, 2, 1]}), ("b", {"y": [2, 2, 2], "z": [9, 9, 9]})):
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = ["file_name,j@0,j@0.5,j@1"] + [f"{f},{','.join(map(str, v))}" for f, v in rows.items()]
+        (folder / "interactions.csv").write_text("\n".join(lines) + "\n")
+        curve = InteractionCurve(4, 8, 16, 0, 3, len(rows), ratios, [0, 7, 14], [0, 0, 0], [0, 0, 0])
+        evaluation = EvaluateResults(
+            "", "finetune", {}, {}, interactions=curve, per_image={"interactions": "interactions.csv"}
+        )
+        variants.append(
+            Variant(name, "", "sweep", None, {"evaluate": StageRun("evaluate", "done", folder, results=evaluation)})
+        )
+    curves = common_interactions(variants)
+    assert curves["a"].images == curves["b"].images == 1  # only y was right in both
+    assert curves["a"].strength == [3, 2, 1] and curves["a"].normalised == pytest.approx([1.5, 1.0, 0.5])
+    assert curves["b"].strength == [2, 2, 2] and curves["b"].normalised == [1, 1, 1]
+
+
 def test_no_store_and_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.sqlite"):
         report(tmp_path)

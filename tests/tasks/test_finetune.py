@@ -296,6 +296,31 @@ def test_cka_of_the_encoder_before_finetuning(runs, tmp_path):
     assert results["cka"] != encoder and (tmp_path / "ft" / "cka_encoder.png").is_file()
 
 
+def test_interactions_and_feature_frequency_from_evaluate(runs, tmp_path):
+    import csv
+
+    _, ft = runs
+    only = ["eval.imagenet_x=false", "eval.occlusion=false", "eval.shape_bias=false", "eval.cka=false"]
+    analyses = [
+        "eval.interactions=true",
+        "eval.interaction_images=12",
+        "eval.interaction_grid=3",
+        "eval.frequency=true",
+    ]
+    assert main(["evaluate", str(ft), *only, *analyses, "eval.frequency_images=16", "--out", str(tmp_path / "e")]) == 0
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    curve = results["interactions"]
+    assert curve["candidates"] == 12 and 1 <= curve["images"] <= 12 and curve["grid"] == 3
+    assert curve["orders"] == [int(7 * r) for r in curve["ratios"]] and sum(curve["normalised"]) == pytest.approx(13)
+    with (tmp_path / "e" / results["per_image"]["interactions"]).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == curve["images"]
+    assert sum(float(r["j@0.5"]) for r in rows) / len(rows) == pytest.approx(curve["strength"][6])
+    profile = results["frequency"]
+    assert profile["images"] == 16 and [layer["layer"] for layer in profile["layers"]][0] == "act1"
+    assert all(layer["relative_log_amplitude"][0] == 0 for layer in profile["layers"])
+
+
 def test_evaluate_refuses_what_it_cannot_evaluate(runs, tmp_path, capsys):
     assert main(["evaluate", "eval.cka=false"]) == 2
     assert "eval.run" in capsys.readouterr().err

@@ -73,7 +73,7 @@ def log_odds(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interaction_strength(
+def image_strengths(
     model: torch.nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -81,22 +81,21 @@ def interaction_strength(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     pairs: int = 16,
     contexts: int = 32,
-    seed: int = 0,
+    seeds: Sequence[int] | None = None,
     baseline: float = 0.0,
     batch_size: int = 256,
-) -> list[InteractionPoint]:
-    """J(m) of ``model`` (logits) on ``images`` ``(B, 3, H, W)`` with their true ``labels``, for each ratio: ``pairs``
-    neighbour pairs per image and ``contexts`` contexts per pair and order (see the module docstring). Give the
-    images the model classifies correctly (and, to compare models, the same images for each)."""
+) -> np.ndarray:
+    """``(images, ratios)``: J at each order for each image on its own, its pairs and contexts drawn from its own seed
+    (``seeds[k]``, default k), so an image gets the same pairs and contexts whichever other images are scored."""
     n = grid * grid
     if n < 3:
         raise ValueError(f"grid {grid} has {n} patch(es); interactions need at least 3")
     orders = [int((n - 2) * r) for r in ratios]
-    rng = np.random.default_rng(seed)
     candidates = neighbour_pairs(grid)
-    device = images.device
-    totals = np.zeros(len(orders))
-    for image, label in zip(images, labels, strict=True):
+    seeds = list(range(len(images))) if seeds is None else list(seeds)
+    out = np.zeros((len(images), len(orders)))
+    for row, (image, label, seed) in enumerate(zip(images, labels, seeds, strict=True)):
+        rng = np.random.default_rng(seed)
         chosen = [candidates[k] for k in rng.choice(len(candidates), size=min(pairs, len(candidates)), replace=False)]
         # every kept-patch set this image needs, each computed once
         plans: list[list[list[tuple[frozenset, ...]]]] = []  # per order, per pair: the four sets of each context
@@ -115,23 +114,51 @@ def interaction_strength(
                 per_pair.append(quads)
             plans.append(per_pair)
         keep = torch.zeros(len(needed), n, dtype=torch.bool)
-        for kept, row in needed.items():
-            keep[row, list(kept)] = True
+        for kept, index in needed.items():
+            keep[index, list(kept)] = True
         values = torch.empty(len(needed), dtype=torch.float64)
         for start in range(0, len(needed), batch_size):
-            masks = _patch_masks(keep[start : start + batch_size], grid, image.shape[-2:]).to(device)
+            masks = _patch_masks(keep[start : start + batch_size], grid, image.shape[-2:]).to(image.device)
             batch = torch.where(masks, image[None], torch.full_like(image[None], baseline))
             logits = model(batch).double()
-            values[start : start + len(batch)] = log_odds(logits, label.expand(len(batch)).to(device)).cpu()
+            values[start : start + len(batch)] = log_odds(logits, label.expand(len(batch)).to(image.device)).cpu()
         for k, per_pair in enumerate(plans):
             strengths = []
             for quads in per_pair:
                 v = values[torch.tensor([[needed[kept] for kept in quad] for quad in quads])]  # (contexts, 4)
                 strengths.append(abs(float((v[:, 0] - v[:, 1] - v[:, 2] + v[:, 3]).mean())))
-            totals[k] += np.mean(strengths)
-    strength = totals / len(images)
+            out[row, k] = np.mean(strengths)
+    return out
+
+
+def curve(ratios: Sequence[float], grid: int, strengths: np.ndarray) -> list[InteractionPoint]:
+    """The J(m) curve of per-image strengths ``(images, ratios)``: their mean, and that divided by its mean over
+    the orders."""
+    strength = strengths.mean(axis=0)
     mean = strength.mean()
     return [
-        InteractionPoint(float(r), m, float(s), float(s / mean) if mean > 0 else float("nan"))
-        for r, m, s in zip(ratios, orders, strength, strict=True)
+        InteractionPoint(float(r), int((grid * grid - 2) * r), float(s), float(s / mean) if mean > 0 else float("nan"))
+        for r, s in zip(ratios, strength, strict=True)
     ]
+
+
+@torch.no_grad()
+def interaction_strength(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    grid: int,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    pairs: int = 16,
+    contexts: int = 32,
+    seed: int = 0,
+    baseline: float = 0.0,
+    batch_size: int = 256,
+) -> list[InteractionPoint]:
+    """J(m) of ``model`` (logits) on ``images`` ``(B, 3, H, W)`` with their true ``labels``, for each ratio: ``pairs``
+    neighbour pairs per image and ``contexts`` contexts per pair and order (see the module docstring), image k's
+    drawn from ``(seed, k)``. Give the images the model classifies correctly (and, to compare models, the same images
+    for each)."""
+    seeds = [seed * 1_000_003 + k for k in range(len(images))]
+    strengths = image_strengths(model, images, labels, grid, ratios, pairs, contexts, seeds, baseline, batch_size)
+    return curve(ratios, grid, strengths)

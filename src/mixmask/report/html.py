@@ -30,6 +30,8 @@ SECTIONS = (
     ("occlusion", "Occlusion"),
     ("cka", "CKA"),
     ("shape-bias", "Shape bias"),
+    ("interactions", "Interactions"),
+    ("frequency", "Frequency"),
     ("counts", "Counts"),
     ("variants", "Variants"),
 )
@@ -48,6 +50,13 @@ CAPTIONS = {
     "panel per variant (1.0: occlusion leaves the representation unchanged). Scroll sideways for more variants.",
     "cka-encoder": "The same before finetuning: CKA of each variant's encoder as pretraining left it (a variant "
     "without pretraining: its random initialisation), from eval.cka_encoder.",
+    "interactions": "Multi-order interactions J(m) of each finetuned classifier, normalised by their mean over the "
+    "orders, on the validation images every variant classified correctly (the same patch pairs and contexts per "
+    "image in every variant). Low orders: interactions among few patches (local); high orders: with most of the "
+    "image present (global).",
+    "frequency": "The encoders before finetuning (a variant without pretraining: its random initialisation): left, "
+    "the relative log amplitude of the feature maps' highest spatial frequency at the stem and after each residual "
+    "block; right, the mean spatial variance of the maps.",
     "shape-bias": "Cue-conflict shape bias per shape class (bars) and overall (dashed lines): the share of shape "
     "decisions among shape-or-texture decisions; higher means the network follows shape over colour and texture.",
 }
@@ -58,6 +67,8 @@ MISSING_FIGURE = {
     "occlusion": "No variant has occlusion results yet.",
     "cka": "No variant has CKA results yet.",
     "shape-bias": "No variant has shape-bias results yet.",
+    "interactions": "No variant measured interactions (eval.interactions=true).",
+    "frequency": "No variant measured feature-map frequency (eval.frequency=true).",
 }
 
 CSS = """
@@ -321,6 +332,8 @@ def render(report: dict) -> str:
         "occlusion": "Accuracy under occlusion",
         "cka": "CKA occlusion invariance",
         "shape-bias": "Shape bias",
+        "interactions": "Multi-order interactions",
+        "frequency": "Feature-map frequency and variance",
     }
     for key, title in titles.items():
         body.append(f'<section id="{key}"><h2>{_e(title)}</h2>')

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from mixmask.results import CKACurves, Factors, OcclusionCurve, ShapeBias
+from mixmask.results import CKACurves, Factors, FrequencyProfile, InteractionCurve, OcclusionCurve, ShapeBias
 
 DPI = 120
 _THIN_HATCH = "///"
@@ -262,4 +262,55 @@ def shape_bias_bars(
     if handles:
         ax.legend(handles, legend_labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def interaction_curves(
+    curves: InteractionCurve | dict[str, InteractionCurve],
+    path: str | Path,
+    title: str = "Multi-order interactions J(m)",
+) -> Path:
+    """Normalised J(m) against the order's share of the patches, one line per model (the images every model
+    classified correctly)."""
+    models = _models(curves, InteractionCurve)
+    fig = _figure(6.0, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for j, (name, c) in enumerate(models.items()):
+        label = f"{name} ({c.images} images)" if name else f"{c.images} images"
+        ax.plot(c.ratios, [_num(v) for v in c.normalised], marker="o", color=f"C{j}", label=label, clip_on=False)
+    first = next(iter(models.values()))
+    ax.set_xlabel(f"order m / (n - 2)   (grid {first.grid}x{first.grid}, n = {first.grid**2} patches)")
+    ax.set_ylabel("J(m) / mean over orders")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def frequency_profiles(
+    profiles: FrequencyProfile | dict[str, FrequencyProfile],
+    path: str | Path,
+    title: str = "Feature maps of the encoders before finetuning",
+) -> Path:
+    """Two panels against normalised depth: the highest frequency's relative log amplitude, and the mean spatial
+    variance of the feature maps (log scale); one line per model."""
+    models = _models(profiles, FrequencyProfile)
+    fig = _figure(10.0, 4.2)
+    high, variance = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for j, (name, p) in enumerate(models.items()):
+        depth = [layer["depth"] for layer in p.layers]
+        high.plot(depth, [layer["relative_log_amplitude"][-1] for layer in p.layers], marker="o", color=f"C{j}",
+                  label=name or None)  # fmt: skip
+        variance.plot(depth, [layer["spatial_variance"] for layer in p.layers], marker="o", color=f"C{j}",
+                      label=name or None)  # fmt: skip
+    high.set_xlabel("normalised depth (stem 0, last block 1)")
+    high.set_ylabel("Δ log amplitude at the highest frequency")
+    variance.set_xlabel("normalised depth (stem 0, last block 1)")
+    variance.set_ylabel("mean spatial variance per channel")
+    variance.set_yscale("log")
+    for ax in (high, variance):
+        ax.grid(alpha=0.3)
+    if any(models):
+        high.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

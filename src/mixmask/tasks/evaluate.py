@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import re
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from mixmask.analysis import frequency, interactions
 from mixmask.config import Config, ConfigError, apply_override, load_config, read_yaml, to_dict
 from mixmask.data import build_dataset, eval_loader
 from mixmask.data.transforms import eval_transform_for
@@ -38,6 +39,8 @@ from mixmask.results import (
     CKACurves,
     EvaluateResults,
     Factors,
+    FrequencyProfile,
+    InteractionCurve,
     OcclusionCurve,
     ProbeResults,
     Reconstruction,
@@ -264,6 +267,11 @@ def evaluate_classifier(
             results.shape_bias = Skipped("shape bias needs the ShapesX cue-conflict split")
         lap("shape_bias")
 
+    if ev.interactions:
+        results.interactions = interaction_results(cfg, classifier, val_set, device, out_dir)
+        results.per_image["interactions"] = "interactions.csv"
+        lap("interactions")
+
 
 def probe_encoder(cfg: Config, init: str, num_classes: int, device: torch.device) -> tuple[Classifier, str]:
     """The encoder the probes read, in eval mode: the backbone of ``init`` (a pretraining run or a weights file),
@@ -275,7 +283,9 @@ def probe_encoder(cfg: Config, init: str, num_classes: int, device: torch.device
     return encoder.to(device).eval(), init or f"random init (train.seed={cfg.train.seed})"
 
 
-def probe_results(cfg: Config, init: str, device: torch.device, out_dir: Path, results: EvaluateResults) -> None:
+def probe_results(
+    cfg: Config, encoder: Classifier, described: str, device: torch.device, out_dir: Path, results: EvaluateResults
+) -> None:
     """``eval.probes`` on the frozen encoder: features of the training images (``eval.probe_images`` of them), the
     validation split and, on ShapesX, the test and cue-conflict splits, computed once; each probe's accuracy,
     factors and shape bias into ``results.probes`` with their per-image records."""
@@ -287,7 +297,6 @@ def probe_results(cfg: Config, init: str, device: torch.device, out_dir: Path, r
             "test": build_dataset(data, "test", transform),
             "cue_conflict": build_dataset(data, "cue_conflict", transform),
         }
-    encoder, described = probe_encoder(cfg, init, len(sets["train"].classes), device)
     limits = {"train": ev.probe_images, "val": ev.max_images}
     features = {
         split: collect(encoder.features, eval_loader(dataset, data, ev.batch_size, limits.get(split, 0)), device,
@@ -337,6 +346,48 @@ def probe_results(cfg: Config, init: str, device: torch.device, out_dir: Path, r
         print(f"{kind} probe on the frozen encoder ({described}): top1 {accuracy.top1:.4f}")
 
 
+def interaction_results(
+    cfg: Config, classifier: Classifier, val_set, device: torch.device, out_dir: Path
+) -> InteractionCurve:
+    """J(m) of the classifier on the candidates it classifies correctly; each scored image's J at every order goes
+    to ``interactions.csv`` so the report can average over the images every variant got right."""
+    ev = cfg.eval
+    outputs = collect(classifier, eval_loader(val_set, cfg.data, ev.batch_size, ev.interaction_images), device, "val")
+    right = (outputs.values.argmax(1) == outputs.labels).nonzero()[:, 0]
+    indices = outputs.indices[right].tolist()
+    images = torch.stack([val_set[i][0] for i in indices]).to(device) if indices else torch.zeros(0)
+    labels = outputs.labels[right].to(device)
+    ratios = list(interactions.DEFAULT_RATIOS)
+    grid = ev.interaction_grid
+    seeds = [ev.seed * 1_000_003 + i for i in indices]
+    strengths = interactions.image_strengths(
+        classifier, images, labels, grid, ratios, ev.interaction_pairs, ev.interaction_contexts, seeds
+    )
+    header = ["file_name", *[f"j@{r:g}" for r in ratios]]
+    write_csv(
+        out_dir / "interactions.csv",
+        header,
+        ([val_set.file_name(i), *row] for i, row in zip(indices, strengths.tolist(), strict=True)),
+    )
+    points = interactions.curve(ratios, grid, strengths) if indices else []
+    return InteractionCurve(
+        grid, ev.interaction_pairs, ev.interaction_contexts, ev.seed, len(outputs.labels), len(indices), ratios,
+        [p.order for p in points], [p.strength for p in points], [p.normalised for p in points],
+    )  # fmt: skip
+
+
+def frequency_results(cfg: Config, encoder: Classifier, described: str, device: torch.device):
+    """Feature-map frequency and variance of the encoder on ``eval.frequency_images`` validation images."""
+    ev, data = cfg.eval, cfg.data
+    val_set = build_dataset(data, "val", eval_transform_for(data))
+    batch = next(iter(eval_loader(val_set, data, ev.frequency_images, ev.frequency_images)))
+    try:
+        layers = frequency.feature_frequency(encoder.timm_model, batch.images.to(device))
+    except ValueError as error:  # a ViT: no residual blocks with spatial maps
+        return Skipped(str(error))
+    return FrequencyProfile(described, len(batch), [asdict(layer) for layer in layers])
+
+
 def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
     """Run the configured evaluations of ``cfg.eval.run``; write ``results.json`` and plots; return the folder."""
     run_dir = Path(cfg.eval.run)
@@ -361,16 +412,23 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
         results.seconds["load"] = time.perf_counter() - start
         evaluate_classifier(cfg, classifier, device, out_dir, results, save)
 
-    init = str(run_dir) if task == "pretrain" else cfg.finetune.init  # the encoder before finetuning
+    # the encoder before finetuning: the pretraining's, or the random initialisation a scratch run started from
+    init = str(run_dir) if task == "pretrain" else cfg.finetune.init
+    val_set = build_dataset(data, "val", eval_transform_for(data))
+    if ev.probes or ev.frequency or (ev.cka and (task == "pretrain" or ev.cka_encoder)):
+        encoder, described = probe_encoder(cfg, init, len(val_set.classes), device)
     if ev.probes:
         start = time.perf_counter()
-        probe_results(cfg, init, device, out_dir, results)
+        probe_results(cfg, encoder, described, device, out_dir, results)
         results.seconds["probes"] = time.perf_counter() - start
+        save()
+    if ev.frequency:
+        start = time.perf_counter()
+        results.frequency = frequency_results(cfg, encoder, described, device)
+        results.seconds["frequency"] = time.perf_counter() - start
         save()
     if ev.cka and (task == "pretrain" or ev.cka_encoder):
         start = time.perf_counter()
-        val_set = build_dataset(data, "val", eval_transform_for(data))
-        encoder, described = probe_encoder(cfg, init, len(val_set.classes), device)
         curves = cka_curves(cfg, encoder, val_set, device)
         if task == "pretrain":
             results.cka = curves

@@ -6,11 +6,16 @@ yet is shown as missing with the stage's status, never left out silently.
 
 from __future__ import annotations
 
+import csv
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
+from mixmask.analysis import interactions
 from mixmask.report import collect, comparisons, figures, html, plots, tables
-from mixmask.results import CKACurves, OcclusionCurve, ShapeBias, Variant, by_name
+from mixmask.results import CKACurves, FrequencyProfile, InteractionCurve, OcclusionCurve, ShapeBias, Variant, by_name
 
 
 def _say(message: str) -> None:
@@ -24,6 +29,31 @@ def _by_variant(variants: list[Variant], metric: str, kind: type) -> dict:
         value = getattr(v.evaluation, metric, None)
         if isinstance(value, kind):
             out[v.name] = value
+    return out
+
+
+def common_interactions(variants: list[Variant]) -> dict[str, InteractionCurve]:
+    """Each variant's J(m) over the images every variant with interactions classified correctly (from their
+    ``interactions.csv``; the same pairs and contexts per image in every variant)."""
+    tables_by_name = {}
+    for v in variants:
+        evaluation, run = v.evaluation, v.runs.get("evaluate")
+        name = evaluation.per_image.get("interactions") if evaluation is not None else None
+        if name and run is not None and run.run_dir is not None and (Path(run.run_dir) / name).is_file():
+            with (Path(run.run_dir) / name).open(newline="") as handle:
+                tables_by_name[v.name] = (evaluation.interactions, {r["file_name"]: r for r in csv.DictReader(handle)})
+    if not tables_by_name:
+        return {}
+    common = set.intersection(*(set(rows) for _, rows in tables_by_name.values()))
+    out = {}
+    for name, (curve, rows) in tables_by_name.items():
+        per_image = np.array([[float(rows[f][f"j@{r:g}"]) for r in curve.ratios] for f in sorted(common)])
+        if not len(per_image):
+            continue
+        points = interactions.curve(curve.ratios, curve.grid, per_image)
+        out[name] = replace(
+            curve, images=len(common), strength=[p.strength for p in points], normalised=[p.normalised for p in points]
+        )
     return out
 
 
@@ -85,6 +115,8 @@ def report(
         ("occlusion", "occlusion.png", _by_variant(shown, "occlusion", OcclusionCurve), plots.occlusion_curve),
         ("cka", "cka.png", _by_variant(shown, "cka", CKACurves), plots.cka_curves),
         ("cka-encoder", "cka_encoder.png", _by_variant(shown, "cka_encoder", CKACurves), plots.cka_curves),
+        ("interactions", "interactions.png", common_interactions(shown), plots.interaction_curves),
+        ("frequency", "frequency.png", _by_variant(shown, "frequency", FrequencyProfile), plots.frequency_profiles),
         ("shape-bias", "shape_bias.png", _by_variant(shown, "shape_bias", ShapeBias), plots.shape_bias_bars),
     ]
     for key, name, data, draw in plan:
