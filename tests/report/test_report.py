@@ -344,6 +344,23 @@ def test_interactions_are_compared_on_the_images_every_variant_got_right(tmp_pat
     assert curves["b"].strength == [2, 2, 2] and curves["b"].normalised == [1, 1, 1]
 
 
+def test_figures_average_the_seeds():
+    from mixmask.results import OcclusionCurve, ShapeBias
+    from mixmask.tasks.report import seed_mean
+
+    a = OcclusionCurve([0.0, 0.5], [0.8, 0.4], [80, 40], 100, 4, "zero", 0)
+    b = OcclusionCurve([0.0, 0.5], [0.6, None], [60, 0], 100, 4, "zero", 0)
+    mean = seed_mean([a, b])
+    assert mean.accuracy == pytest.approx([0.7, 0.4]) and mean.correct == [140, 40] and mean.images == 200
+    assert seed_mean([a]) is a
+    per_class = {"circle": {"shape_bias": 0.5, "shape": 5, "texture": 5, "images": 12}}
+    x = ShapeBias(0.2, 10, 40, 60, 50 / 60, per_class)
+    y = ShapeBias(0.4, 20, 30, 60, 50 / 60, {"circle": {"shape_bias": None, "shape": 0, "texture": 0, "images": 12}})
+    both = seed_mean([x, y])
+    assert both.shape_bias == pytest.approx(0.3) and both.shape_decisions == 30 and both.images == 120
+    assert both.per_class["circle"] == {"shape_bias": 0.5, "shape": 5, "texture": 5, "images": 24}
+
+
 def test_no_store_and_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.sqlite"):
         report(tmp_path)

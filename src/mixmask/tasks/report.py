@@ -15,20 +15,86 @@ import numpy as np
 
 from mixmask.analysis import interactions
 from mixmask.report import collect, comparisons, figures, html, plots, tables
-from mixmask.results import CKACurves, FrequencyProfile, InteractionCurve, OcclusionCurve, ShapeBias, Variant, by_name
+from mixmask.results import (
+    CKACurves,
+    Factors,
+    FrequencyProfile,
+    InteractionCurve,
+    OcclusionCurve,
+    ShapeBias,
+    Variant,
+    by_name,
+)
 
 
 def _say(message: str) -> None:
     print(f"report: {message}", flush=True)
 
 
+def _mean(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def seed_mean(records: list):
+    """One record of a kind from a variant's replicates: values averaged over the seeds, counts summed (a single
+    record is returned as it is)."""
+    first = records[0]
+    if len(records) == 1:
+        return first
+    if isinstance(first, OcclusionCurve):
+        accuracy = [_mean(r.accuracy[k] for r in records) for k in range(len(first.ratios))]
+        correct = [sum(r.correct[k] for r in records) for k in range(len(first.ratios))]
+        return replace(first, accuracy=accuracy, correct=correct, images=sum(r.images for r in records))
+    if isinstance(first, CKACurves):
+        stages = {s: [_mean(r.stages[s][k] for r in records) for k in range(len(v))] for s, v in first.stages.items()}
+        return replace(first, stages=stages, images=sum(r.images for r in records))
+    if isinstance(first, ShapeBias):
+        per_class = {
+            c: {
+                "shape_bias": _mean(r.per_class[c]["shape_bias"] for r in records if c in r.per_class),
+                **{
+                    k: sum(r.per_class[c][k] for r in records if c in r.per_class)
+                    for k in ("shape", "texture", "images")
+                },
+            }
+            for c in first.per_class
+        }
+        return replace(
+            first,
+            shape_bias=_mean(r.shape_bias for r in records),
+            shape_decisions=sum(r.shape_decisions for r in records),
+            texture_decisions=sum(r.texture_decisions for r in records),
+            images=sum(r.images for r in records),
+            per_class=per_class,
+        )
+    if isinstance(first, Factors):
+        cells = {
+            f: replace(
+                cell,
+                accuracy=_mean(r.factors[f].accuracy for r in records),
+                error_ratio=_mean(r.factors[f].error_ratio for r in records),
+                count=sum(r.factors[f].count for r in records),
+                correct=sum(r.factors[f].correct for r in records),
+                ci95=(None, None),
+                thin=any(r.factors[f].thin for r in records),
+            )
+            for f, cell in first.factors.items()
+        }
+        return replace(
+            first, factors=cells, average=_mean(r.average for r in records), images=sum(r.images for r in records)
+        )
+    return first  # frequency profiles and the rest: the first seed's
+
+
 def _by_variant(variants: list[Variant], metric: str, kind: type) -> dict:
-    """``{variant: its evaluation's metric}`` for the variants that measured it (a ``kind`` record, not skipped)."""
+    """``{variant: its evaluation's metric}``, the mean over its seeds, for the variants that measured it (a
+    ``kind`` record, not skipped)."""
     out = {}
-    for v in variants:
-        value = getattr(v.evaluation, metric, None)
-        if isinstance(value, kind):
-            out[v.name] = value
+    for name, replicates in by_name(variants).items():
+        records = [value for v in replicates if isinstance(value := getattr(v.evaluation, metric, None), kind)]
+        if records:
+            out[name] = seed_mean(records)
     return out
 
 
@@ -77,7 +143,8 @@ def report(
         for v in variants
     )  # fmt: skip
     _say(f"{len(groups)} variant(s): {states}")
-    # the figures and training curves show each variant's first seed; the tables and comparisons use every seed
+    # reconstructions, frequency profiles and training curves show each variant's first seed; the other figures the
+    # mean over its seeds, the tables and comparisons every seed
     shown = [replicates[0] for replicates in groups.values()]
 
     named = reference or meta.get("reference")
@@ -109,15 +176,14 @@ def report(
     _say(f"tables -> {out_dir}/{{table1,counts,summary}}.{{md,csv}}")
 
     written: dict[str, Path | None] = {}
-    factors = {v.name: f for v in shown if (f := tables.factors_of(v)) is not None}
     plan = [
-        ("figure2", "figure2_error_ratios.png", factors, plots.error_ratio_bars),
-        ("occlusion", "occlusion.png", _by_variant(shown, "occlusion", OcclusionCurve), plots.occlusion_curve),
-        ("cka", "cka.png", _by_variant(shown, "cka", CKACurves), plots.cka_curves),
-        ("cka-encoder", "cka_encoder.png", _by_variant(shown, "cka_encoder", CKACurves), plots.cka_curves),
+        ("figure2", "figure2_error_ratios.png", _by_variant(variants, "factors", Factors), plots.error_ratio_bars),
+        ("occlusion", "occlusion.png", _by_variant(variants, "occlusion", OcclusionCurve), plots.occlusion_curve),
+        ("cka", "cka.png", _by_variant(variants, "cka", CKACurves), plots.cka_curves),
+        ("cka-encoder", "cka_encoder.png", _by_variant(variants, "cka_encoder", CKACurves), plots.cka_curves),
         ("interactions", "interactions.png", common_interactions(shown), plots.interaction_curves),
         ("frequency", "frequency.png", _by_variant(shown, "frequency", FrequencyProfile), plots.frequency_profiles),
-        ("shape-bias", "shape_bias.png", _by_variant(shown, "shape_bias", ShapeBias), plots.shape_bias_bars),
+        ("shape-bias", "shape_bias.png", _by_variant(variants, "shape_bias", ShapeBias), plots.shape_bias_bars),
     ]
     for key, name, data, draw in plan:
         target = out_dir / name
@@ -143,7 +209,10 @@ def report(
     notes = []
     if len(shown) < len(variants):
         seeds = ", ".join(f"{v.name} seed {v.seed}" for v in shown if len(groups[v.name]) > 1)
-        notes.append(f"Figures and training curves show one seed of each variant ({seeds}); the tables use every seed.")
+        notes.append(
+            "Error ratios, occlusion, CKA and shape bias show the mean over each variant's seeds; reconstructions, "
+            f"feature-map frequency and training curves one seed ({seeds}); the tables use every seed."
+        )
     if not (sweep_dir / "results.sqlite").is_file():
         notes.append(f"{sweep_dir} has no results store: only the run folders named on the command line are shown.")
     page = html.write_html(
