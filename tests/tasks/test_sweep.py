@@ -219,6 +219,9 @@ def test_seeds_must_be_distinct_integers():
     sweep = load_sweep(data=tiny_sweep(seeds=[3, 1]))
     assert sweep.replicates(sweep.variants[0]) == [3, 1]
     assert load_sweep(data=tiny_sweep()).replicates(sweep.variants[0]) == [0]  # the configs' own train.seed
+    with pytest.raises(ConfigError, match="sweep `reference`: got 'p8'; expected the name of one of the variants: p4"):
+        load_sweep(data=tiny_sweep(reference="p8"))
+    assert load_sweep(data=tiny_sweep(reference="scratch")).reference == "scratch"
 
 
 def test_seeds_run_every_variant_once_per_seed_resume_and_grow(tmp_path, monkeypatch, capsys):
