@@ -58,13 +58,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mixmask.tasks.evaluate import evaluate, evaluation_config
+    from mixmask.config import ConfigError, load_config
+    from mixmask.tasks.evaluate import evaluate, evaluate_model, evaluation_config
 
+    if (args.model is None) != (args.weights is None):
+        raise ConfigError("evaluate: --model and --weights go together (a timm model name and its weights file)")
     runs = [a for a in args.args if "=" not in a and Path(a).is_dir()]
     rest = [a for a in args.args if a not in runs]
     if len(runs) > 1:
         raise SystemExit(f"error: give one run folder, got {runs}")
     path, overrides = _config_and_overrides(rest)
+    if args.model is not None:
+        if runs:
+            raise ConfigError(f"evaluate: give a run folder or --model/--weights, not both ({runs[0]})")
+        evaluate_model(load_config(path, overrides), args.model, args.weights, out=args.out)
+        return 0
     evaluate(evaluation_config(runs[0] if runs else None, path, overrides), out=args.out)
     return 0
 
@@ -220,7 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
         "own config is the base; CONFIG and overrides change it (e.g. eval.cka=false). Writes results.json and plots.",
     )
     evaluate.add_argument("args", nargs="*", metavar="RUN_DIR|CONFIG|key=value")
-    evaluate.add_argument("--out", default=None, help="output folder (default: RUN_DIR/evaluation)")
+    evaluate.add_argument(
+        "--out", default=None, help="output folder (default: RUN_DIR/evaluation, or evaluation-MODEL for --model)"
+    )
+    evaluate.add_argument(
+        "--model", default=None, help="a timm classifier to evaluate instead of a run (with --weights)"
+    )
+    evaluate.add_argument(
+        "--weights",
+        default=None,
+        help="its weights with their head: .safetensors or a weights-only .pth (module./backbone./encoder. prefixes "
+        "are taken off)",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     sweep = commands.add_parser(

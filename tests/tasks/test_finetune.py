@@ -328,9 +328,8 @@ def test_evaluate_refuses_what_it_cannot_evaluate(runs, tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
-def test_evaluate_scores_imagenet_class_folders_with_imagenet_x(tmp_path, capsys):
-    """A tiny ImageNet-like tree (3 wnids, real val file names): predictions are joined on file name and mapped to
-    ImageNet-1k classes through the wnids; the factor table equals imagenet_x.evaluate on the saved predictions."""
+def imagenet_tree(tmp_path):
+    """A tiny ImageNet-like tree: 3 wnids, 16 train images each and 12 val images each under real val file names."""
     import csv
 
     import numpy as np
@@ -353,7 +352,17 @@ def test_evaluate_scores_imagenet_class_folders_with_imagenet_x(tmp_path, capsys
             for name in names:
                 pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(tmp_path / "in" / split / wnid / name, format="JPEG")
-    data = ["data.dataset=folder", f"data.root={tmp_path / 'in'}", "data.image_size=32", "data.num_workers=0"]
+    return chosen, ["data.dataset=folder", f"data.root={tmp_path / 'in'}", "data.image_size=32", "data.num_workers=0"]
+
+
+def test_evaluate_scores_imagenet_class_folders_with_imagenet_x(tmp_path, capsys):
+    """Predictions are joined on file name and mapped to ImageNet-1k classes through the wnids; the factor table
+    equals imagenet_x.evaluate on the saved predictions."""
+    import csv
+
+    from mixmask.evaluation import imagenet_x
+
+    chosen, data = imagenet_tree(tmp_path)
     run = tmp_path / "ft"
     args = [*data, "model.backbone=resnet_tiny", "train.epochs=1", "train.batch_size=8"]
     assert main(["finetune", *args, "--out", str(run)]) == 0
@@ -367,3 +376,48 @@ def test_evaluate_scores_imagenet_class_folders_with_imagenet_x(tmp_path, capsys
     expected = imagenet_x.evaluate({r["file_name"]: int(r["prediction"]) for r in rows}, wnids=sorted(chosen))
     assert results["factors"] == json.loads(json.dumps(expected.to_dict()))
     assert results["factors"]["settings"]["classes"] == 3 and 0 < results["factors"]["images"] <= 36
+
+
+def test_any_timm_classifier_evaluates_with_its_own_head(tmp_path, capsys):
+    """A 1000-class timm model with its weights in a .pth under a DDP and an encoder prefix, read on the 3 wnids of
+    the tree: its predictions are those classes' logits, and the factor table equals imagenet_x.evaluate on them."""
+    import csv
+
+    from mixmask.evaluation import imagenet_x
+
+    chosen, data = imagenet_tree(tmp_path)
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=1000)
+    torch.save({"state_dict": {f"module.encoder.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "w.pth")
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", "resnet18", "--weights", str(tmp_path / "w.pth"), *data, "eval.cka_images=8"]
+    assert main([*args, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["run_task"] == "model" and results["accuracy"]["images"] == 36
+    with (out / "val_predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    expected = imagenet_x.evaluate({r["file_name"]: int(r["prediction"]) for r in rows}, wnids=sorted(chosen))
+    assert results["factors"] == json.loads(json.dumps(expected.to_dict()))
+    assert {int(r["prediction"]) for r in rows} <= {0, 1, 2} and set(results["cka"]["stages"]) == {
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+    }
+    # the head's logits at the three wnids' ImageNet-1k indices decide each prediction
+    from mixmask.data import build_dataset, eval_loader
+    from mixmask.data.transforms import eval_transform_for
+
+    cfg = load_config(None, data)
+    val = build_dataset(cfg.data, "val", eval_transform_for(cfg.data))
+    batch = next(iter(eval_loader(val, cfg.data, 36)))
+    logits = model.eval()(batch.images)[:, imagenet_x.wnid_indices(list(val.classes))]
+    assert [int(r["prediction"]) for r in rows] == logits.argmax(1).tolist()
+
+    other = timm.create_model("resnet34", num_classes=1000).state_dict()
+    torch.save(other, tmp_path / "other.pth")
+    assert main(["evaluate", "--model", "resnet18", "--weights", str(tmp_path / "other.pth"), *data]) == 2
+    assert "do not fit model 'resnet18'" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "resnet18", *data]) == 2
+    assert "--model and --weights go together" in capsys.readouterr().err

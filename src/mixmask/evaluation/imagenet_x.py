@@ -356,6 +356,11 @@ def _wnid_to_1k(wnids: Sequence[str]) -> np.ndarray:
     return np.array([position[w] for w in wnids], dtype=np.int64)
 
 
+def wnid_indices(wnids: Sequence[str]) -> list[int]:
+    """The ImageNet-1k index of each wnid (a clear error for anything that is not one)."""
+    return _wnid_to_1k(wnids).tolist()
+
+
 # --- scoring -------------------------------------------------------------------------------------------------------
 
 

@@ -166,6 +166,34 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return _read_weights_file(path)
 
 
+WRAPPER_PREFIXES = ("backbone.", "encoder.", "base_encoder.")  # openmixup / MAE / MoCo v3 checkpoints
+
+
+def read_classifier_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A whole classifier's weights (head included) from a file (as ``read_weights`` reads files) or a run folder,
+    with the usual wrapper prefixes taken off (``module.`` by timm; then ``backbone.``, ``encoder.``,
+    ``base_encoder.`` wherever they start a key)."""
+    weights = read_weights(path) if Path(path).is_dir() else _read_weights_file(Path(path))
+    for prefix in WRAPPER_PREFIXES:
+        weights = {k.removeprefix(prefix): v for k, v in weights.items()}
+    return weights
+
+
+def load_classifier_weights(classifier: Classifier, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Load a whole timm model (head included) strictly; one line naming the keys when it does not fit."""
+    own = classifier.timm_model.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    mismatched = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or unexpected or mismatched:
+        problems = [
+            f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
+            if keys
+        ]
+        raise ConfigError(f"weights in {where} do not fit model {classifier.backbone.name!r}: {'; '.join(problems)}")
+    classifier.timm_model.load_state_dict(weights)
+
+
 def classes_in(weights: dict[str, torch.Tensor], backbone: str) -> int:
     """Number of classes of the head in ``weights`` (timm names), 0 for a headless backbone."""
     head = create_timm_model(backbone).pretrained_cfg.get("classifier", "fc")

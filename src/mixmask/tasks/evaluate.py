@@ -31,7 +31,14 @@ from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_curve, occ
 from mixmask.evaluation.probes import knn_probe, linear_probe
 from mixmask.evaluation.reconstruction import reconstruct
 from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
-from mixmask.models.classifier import Classifier, classes_in, load_backbone_weights, read_weights
+from mixmask.models.classifier import (
+    Classifier,
+    classes_in,
+    load_backbone_weights,
+    load_classifier_weights,
+    read_classifier_weights,
+    read_weights,
+)
 from mixmask.report import plots
 from mixmask.report.figures import reconstruction_figure
 from mixmask.results import (
@@ -386,6 +393,65 @@ def frequency_results(cfg: Config, encoder: Classifier, described: str, device: 
     except ValueError as error:  # a ViT: no residual blocks with spatial maps
         return Skipped(str(error))
     return FrequencyProfile(described, len(batch), [asdict(layer) for layer in layers])
+
+
+class DatasetClasses(torch.nn.Module):
+    """An ImageNet-1k classifier read on a subset of its classes (ImageNet-100 class folders): the logits of the data
+    set's wnids, in the data set's class order; the rest of the network as it is (for CKA, features)."""
+
+    def __init__(self, classifier: Classifier, wnids: list[str]):
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("columns", torch.tensor(imagenet_x.wnid_indices(wnids)), persistent=False)
+
+    @property
+    def backbone(self):
+        return self.classifier.backbone
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)[:, self.columns]
+
+
+def evaluate_model(cfg: Config, model: str, weights: str | Path, out: str | Path | None = None) -> Path:
+    """``mixmask evaluate --model NAME --weights FILE``: any timm classifier with its own head (a file, a checkpoint
+    of the official A2MIM / MoCo v3 / MAE code, a ``mixmask export``), evaluated as a run's classifier is. A
+    1000-class model on ImageNet class folders of fewer classes is read on those classes' logits."""
+    cfg.model.backbone = model
+    found = read_classifier_weights(weights)
+    classes = classes_in(found, model)
+    if not classes:
+        raise ConfigError(f"--weights {weights}: no classifier head for {model!r} in the file; evaluate needs one")
+    classifier = Classifier(model, classes, image_size=cfg.data.image_size)
+    load_classifier_weights(classifier, found, str(weights))
+    device = distributed.setup(cfg.train.device).device
+    network: torch.nn.Module = classifier
+    val_classes = build_dataset(cfg.data, "val").classes
+    if classes == imagenet_x.NUM_CLASSES and len(val_classes) < classes and all(WNID.match(c) for c in val_classes):
+        network = DatasetClasses(classifier, list(val_classes))
+    elif classes != len(val_classes):
+        raise ConfigError(
+            f"--model {model}: its head has {classes} classes but data.root has {len(val_classes)} class folders"
+        )
+    out_dir = Path(out) if out else Path(f"evaluation-{model}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = cfg.data
+    results = EvaluateResults(
+        run=str(weights),
+        run_task="model",
+        settings=to_dict(cfg.eval),
+        data={"dataset": data.dataset, "root": data.root, "image_size": data.image_size},
+    )
+
+    def save() -> None:
+        write_json(out_dir / "results.json", results.to_json())
+
+    evaluate_classifier(cfg, network.to(device).eval(), device, out_dir, results, save)
+    save()
+    print(f"done: {out_dir / 'results.json'}")
+    return out_dir
 
 
 def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
