@@ -66,8 +66,9 @@ class Strategy:
 
 @dataclass(frozen=True)
 class Method:
-    """What a run trains. ``name``: a pretraining method, or ``supervised`` for a classifier trained from ``init``
-    (a weights file or folder; ``""`` = from scratch) without a pretraining stage of its own."""
+    """What a run trains. ``name``: a pretraining method, ``supervised`` for a classifier trained from ``init``
+    (a weights file or folder; ``""`` = from scratch) without a pretraining stage of its own, or ``checkpoint`` for
+    a classifier evaluated as it is from the weights file ``init``."""
 
     name: str
     backbone: str
@@ -96,6 +97,8 @@ class Method:
         """The variant's label in every table: its masking, after the method when that is not A2MIM on a CNN
         (``patch 4 / 0.6 @ stage 1``, ``mixed: patch 4 / 0.6 | patch 16 / 0.4``, ``SimMIM: patch 8 / 0.6 @ stage
         0``, ``MoCo v3: two views, no mask``, ``none (scratch)``, ``none (init: weights.pth)``)."""
+        if self.name == "checkpoint":
+            return f"checkpoint: {Path(self.init).name} [{self.backbone}]"
         if self.name == "supervised":
             if self.init:
                 return f"none (init: {Path(self.init).name})"

@@ -272,3 +272,32 @@ def test_seeds_run_every_variant_once_per_seed_resume_and_grow(tmp_path, monkeyp
     assert row["seeds"] == 3 and row["note"] == "3 seeds"
     assert row["cells"]["val_top1"].accuracy == pytest.approx(sum(top1) / 3)
     assert row["sd"]["val_top1"] == pytest.approx(float(torch.tensor(top1).std()), abs=1e-7)
+
+
+def test_a_checkpoint_variant_is_evaluated_beside_trained_ones(tmp_path):
+    from safetensors.torch import save_file
+
+    from mixmask.report import collect, tables
+
+    torch.manual_seed(0)
+    save_file(Classifier("resnet_tiny", 10, image_size=32).timm_model.state_dict(), tmp_path / "w.safetensors")
+    data = tiny_sweep(variants=[
+        {"name": "scratch", "stages": ["finetune", "evaluate"]},
+        {"name": "published", "model": "resnet_tiny", "weights": str(tmp_path / "w.safetensors")},
+    ])  # fmt: skip
+    sweep = load_sweep(data=data)
+    assert (
+        sweep.variants[1].stages == ["evaluate"]
+        and sweep.variants[1].configs["evaluate"].model.backbone == "resnet_tiny"
+    )
+    assert run_sweep(sweep, tmp_path / "s") == 0
+    results = json.loads((tmp_path / "s" / "runs" / "published" / "evaluate" / "results.json").read_text())
+    assert results["run_task"] == "model" and results["accuracy"]["images"] == 48
+    rows = {r["variant"]: r for r in tables.summary(collect.collect_variants(tmp_path / "s"))}
+    assert rows["published"]["masking"] == "checkpoint: w.safetensors [resnet_tiny]"
+    for bad in (
+        {"name": "x", "model": "resnet_tiny"},
+        {"name": "x", "model": "r", "weights": "w", "stages": ["finetune"]},
+    ):
+        with pytest.raises(ConfigError, match="a checkpoint variant needs `model`"):
+            load_sweep(data=tiny_sweep(variants=[bad]))

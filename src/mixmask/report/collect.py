@@ -70,9 +70,13 @@ def described(stage: str, cfg: Config | None) -> Method | None:
     return describe(cfg, model, masker)
 
 
-def method_of(runs: dict[str, StageRun], planned: dict[str, dict]) -> Method | None:
+def method_of(runs: dict[str, StageRun], planned: dict[str, dict], weights: str | None = None) -> Method | None:
     """What a variant trains: its pretraining's record (the pretrain stage's, else the finetuned run's, which names
-    the pretraining it started from), else a classifier trained from scratch or from a weights file."""
+    the pretraining it started from), else a classifier trained from scratch or from a weights file; a checkpoint
+    variant (``weights``) is the checkpoint."""
+    if weights:
+        backbone = ((planned.get("evaluate") or {}).get("model") or {}).get("backbone", "?")
+        return Method("checkpoint", backbone, init=weights)
     stage = "pretrain" if "pretrain" in runs else "finetune" if "finetune" in runs else None
     if stage is None:
         return None
@@ -193,7 +197,7 @@ def collect_variants(sweep_dir: str | Path, extra_runs: tuple | list = ()) -> li
                         for row in rows
                         if row["variant"] == v["name"] and row["seed"] == seed
                     }
-                    method = method_of(runs, planned)
+                    method = method_of(runs, planned, v["spec"].get("weights"))
                     variants.append(Variant(v["name"], description, "sweep", method, runs, planned, seed))
         finally:
             store.close()

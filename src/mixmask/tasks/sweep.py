@@ -13,6 +13,7 @@ A sweep file names the base configs of the three stages and a list of variants, 
       - {name: patch4_r60, pretrain: ["masking.strategies=[{patch_size: 4, ratio: 0.6}]"]}
       - {name: mocov3, pretrain: ../pretrain/mocov3_tiny_shapesx.yaml}   # a file: this variant's own base
       - {name: scratch, stages: [finetune, evaluate]}
+      - {name: published, model: resnet50, weights: r50_ft.pth}         # a checkpoint, evaluated only
 
 Every variant's configs are built and checked before anything runs, so a bad variant fails at once. Stage runs go to
 ``SWEEP_DIR/runs/<variant>/<stage>``, or ``SWEEP_DIR/runs/<variant>/seed<k>/<stage>`` with ``seeds`` (every stage
@@ -68,7 +69,7 @@ SWEEP_KEYS = (
     "reference",
     "variants",
 )
-VARIANT_KEYS = ("name", "description", "stages", "pretrain", "finetune", "evaluate")
+VARIANT_KEYS = ("name", "description", "stages", "pretrain", "finetune", "evaluate", "model", "weights")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -83,11 +84,13 @@ class PlannedVariant:
     bases: dict[str, dict] = field(default_factory=dict)  # stage -> the variant's own base config (else the sweep's)
     configs: dict[str, Config] = field(default_factory=dict)  # stage -> resolved config (before run paths)
     description: str = ""
+    weights: str | None = None  # a checkpoint evaluated as it is (``model`` + ``weights``): stages [evaluate]
 
     def spec(self) -> dict[str, Any]:
         """What the store records: the resolved configs, so a rerun that asks for something else is noticed."""
         configs = {stage: to_dict(cfg) for stage, cfg in self.configs.items()}
-        return {"stages": self.stages, "overrides": self.overrides, "description": self.description, "configs": configs}
+        spec = {"stages": self.stages, "overrides": self.overrides, "description": self.description, "configs": configs}
+        return spec | ({"weights": self.weights} if self.weights else {})
 
 
 @dataclass
@@ -172,11 +175,20 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
                 raise _error(f"{where}, key `{key}`", f"unknown; known keys: {', '.join(VARIANT_KEYS)}")
         if raw["name"] in [v.name for v in variants]:
             raise _error(where, "the name is used twice")
-        stages = raw.get("stages", list(STAGES))
+        checkpoint = "model" in raw or "weights" in raw
+        stages = raw.get("stages", ["evaluate"] if checkpoint else list(STAGES))
         if not isinstance(stages, list) or not stages or [s for s in STAGES if s in stages] != stages:
             raise _error(f"{where}, `stages`", f"got {stages!r}; expected some of {list(STAGES)}, in that order")
-        if stages[0] == "evaluate":
-            raise _error(f"{where}, `stages`", "evaluate needs a pretrain or finetune stage before it")
+        if checkpoint:
+            if not all(isinstance(raw.get(k), str) and raw[k] for k in ("model", "weights")) or stages != ["evaluate"]:
+                raise _error(
+                    where,
+                    "a checkpoint variant needs `model` (a timm name) and `weights` (its file), and is evaluated only",
+                )
+        elif stages[0] == "evaluate":
+            raise _error(
+                f"{where}, `stages`", "evaluate needs a pretrain or finetune stage before it (or `model` and `weights`)"
+            )
         own_bases = {stage: raw[stage] for stage in STAGES if isinstance(raw.get(stage), str)}
         variant = PlannedVariant(
             raw["name"],
@@ -187,7 +199,10 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
             },
             bases={stage: _base(path, f"{where}, `{stage}`", folder) for stage, path in own_bases.items()},
             description=str(raw.get("description", "")),
+            weights=str((folder / raw["weights"]).resolve()) if checkpoint else None,
         )
+        if checkpoint:
+            variant.overrides["evaluate"] = [f"model.backbone={raw['model']}", *variant.overrides["evaluate"]]
         for stage in stages:
             try:
                 variant.configs[stage] = _stage_config(stage, bases, common, variant)
@@ -223,6 +238,8 @@ def _stage_config(stage: str, bases: dict[str, dict], common: list[str], variant
     own = variant.overrides[stage]
     if stage != "evaluate":
         return load_config(None, [*common, *own], base=variant.bases.get(stage, bases[stage]))
+    if variant.weights:  # a checkpoint: the sweep's evaluate settings on the finetune base (data, batch sizes)
+        return load_config(None, [*common, *own], base=merge_dicts(bases["finetune"], bases["evaluate"]))
     # evaluate reads the evaluated run's config, then the sweep's evaluate settings, then the overrides
     target = "finetune" if "finetune" in variant.stages else "pretrain"
     evaluated = to_dict(variant.configs[target])
@@ -291,16 +308,20 @@ def _fresh_or_resume(run_dir: Path) -> bool:
     return False
 
 
-def run_stage(stage: str, cfg: Config, run_dir: Path, nproc: int = 1) -> dict[str, Any]:
-    """One stage of one variant, resumed when it has a checkpoint; returns the run's results.json."""
-    from mixmask.tasks.evaluate import evaluate
+def run_stage(stage: str, cfg: Config, run_dir: Path, nproc: int = 1, weights: str | None = None) -> dict[str, Any]:
+    """One stage of one variant, resumed when it has a checkpoint; returns the run's results.json. ``weights``: the
+    variant is a checkpoint (``cfg.model.backbone``) evaluated as it is."""
+    from mixmask.tasks.evaluate import evaluate, evaluate_model
     from mixmask.tasks.finetune import finetune
     from mixmask.tasks.pretrain import pretrain
 
     if stage == "evaluate":
         if run_dir.exists():
             shutil.rmtree(run_dir)  # evaluation has no checkpoints: it starts over
-        evaluate(cfg, out=run_dir)
+        if weights:
+            evaluate_model(cfg, cfg.model.backbone, weights, out=run_dir)
+        else:
+            evaluate(cfg, out=run_dir)
     else:
         resume = _fresh_or_resume(run_dir)
         if nproc > 1:
@@ -331,13 +352,14 @@ def run_variant(sweep: Sweep, variant: PlannedVariant, sweep_dir: Path, store: R
                     cfg.train.seed = seed
                 if stage in ("finetune", "evaluate") and "pretrain" in variant.stages:
                     cfg.finetune.init = str(dirs[seed, "pretrain"])  # evaluate: as in the finetuned run's config
-                if stage == "evaluate":
+                if stage == "evaluate" and not variant.weights:
                     cfg.eval.run = str(dirs[seed, "finetune" if "finetune" in variant.stages else "pretrain"])
                 print(f"== {name}: {stage} -> {dirs[seed, stage]}", flush=True)
                 store.start(variant.name, seed, stage)
                 start = time.perf_counter()
                 try:
-                    results = run_stage(stage, cfg, dirs[seed, stage], sweep.nproc if stage != "evaluate" else 1)
+                    nproc = sweep.nproc if stage != "evaluate" else 1
+                    results = run_stage(stage, cfg, dirs[seed, stage], nproc, variant.weights)
                 except Exception as error:  # recorded, then the next replicate runs; Ctrl-C leaves it "running"
                     message = f"{type(error).__name__}: {error}"
                     store.fail(variant.name, seed, stage, message, time.perf_counter() - start)
