@@ -179,18 +179,22 @@ def read_classifier_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def _misfit(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """What keeps ``given`` from loading into ``own``, naming a few keys of each kind; empty when it fits."""
+    missing, unexpected = sorted(set(own) - set(given)), sorted(set(given) - set(own))
+    mismatched = sorted(k for k in set(own) & set(given) if own[k].shape != given[k].shape)
+    return "; ".join(
+        f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
+        if keys
+    )
+
+
 def load_classifier_weights(classifier: Classifier, weights: dict[str, torch.Tensor], where: str) -> None:
     """Load a whole timm model (head included) strictly; one line naming the keys when it does not fit."""
-    own = classifier.timm_model.state_dict()
-    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    mismatched = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
-    if missing or unexpected or mismatched:
-        problems = [
-            f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
-            if keys
-        ]
-        raise ConfigError(f"weights in {where} do not fit model {classifier.backbone.name!r}: {'; '.join(problems)}")
+    problems = _misfit(classifier.timm_model.state_dict(), weights)
+    if problems:
+        raise ConfigError(f"weights in {where} do not fit model {classifier.backbone.name!r}: {problems}")
     classifier.timm_model.load_state_dict(weights)
 
 
@@ -209,18 +213,11 @@ def load_backbone_weights(classifier: Classifier, path: str | Path) -> dict[str,
         raise WeightsError(f"config field `finetune.init`: {error}") from None
     own = {k: v for k, v in classifier.timm_model.state_dict().items() if not classifier.is_head(k)}
     given = {k: v for k, v in weights.items() if not classifier.is_head(k)}
-    missing = sorted(set(own) - set(given))
-    unexpected = sorted(set(given) - set(own))
-    mismatched = sorted(k for k in set(own) & set(given) if own[k].shape != given[k].shape)
-    if missing or unexpected or mismatched:
-        problems = [
-            f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
-            if keys
-        ]
+    problems = _misfit(own, given)
+    if problems:
         raise ConfigError(
             f"config field `finetune.init`: weights in {path} do not fit model.backbone="
-            f"{classifier.backbone.name!r}: {'; '.join(problems)}"
+            f"{classifier.backbone.name!r}: {problems}"
         )
     classifier.timm_model.load_state_dict(given, strict=False)
     return {"loaded": len(given), "head_initialised": len(classifier.timm_model.state_dict()) - len(own)}
