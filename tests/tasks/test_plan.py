@@ -41,6 +41,15 @@ def test_each_kind_of_stage_is_timed_once_with_the_tasks_own_code(tmp_path, monk
     assert by_stage[("scratch", "evaluate")].seconds == evaluate.seconds
 
 
+def test_the_probes_of_an_evaluate_stage_are_timed_too():
+    """The demo probes every encoder: the plan runs the evaluate task's own probes on the features it will compute
+    (the training images, then the validation, test and cue-conflict splits)."""
+    evaluate = {"eval": {"cka_images": 32, "occlusion_ratios": [0.0, 0.5], "probes": ["linear", "knn"]}}
+    rows = plan(load_sweep(data=tiny_sweep(evaluate=evaluate, variants=[{"name": "p4"}])))
+    row = next(r for r in rows if r.stage == "evaluate")
+    assert row.images == 48 + 34 + 96 + 64 + 20 + (128 + 48 + 34 + 20) and row.seconds > 0
+
+
 def test_done_stages_cost_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(plan_module, "_training_probe", lambda *a: {"per_step": 1.0, "fixed": 0.0, "train_images": 128})
     monkeypatch.setattr(plan_module, "_evaluate_probe", lambda *a: {"accuracy": (0.5, 0.01)})  # fixed, per image

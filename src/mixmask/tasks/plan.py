@@ -128,7 +128,7 @@ def _evaluate_probe(cfg: Config) -> dict[str, tuple[float, float]]:
             evaluate_classifier(probe, classifier, device, Path(folder), results, lambda: None)
             if probe.eval.probes:  # a random encoder costs what a pretrained one does
                 start = time.perf_counter()
-                probe_results(probe, "", device, Path(folder), results)
+                probe_results(probe, classifier, "random init", device, Path(folder), results)
                 results.seconds["probes"] = time.perf_counter() - start
         runs.append((_evaluation_images(probe), results.seconds))
     (few, few_seconds), (many, many_seconds) = runs
