@@ -9,8 +9,8 @@ hierarchical bootstrap (seeds, then images). Holm's correction runs within the r
 one level (one seed, or ``all``), for one reference: the headline numbers (top-1, factor average, shape bias, and
 the probes' top-1), the factor accuracies, the error ratios, the occlusion accuracies, each of the finetuned
 classifier or of one probe. Bootstrap p-values cannot be smaller than 2 / (resamples + 1), so the default 10,000
-resamples keep a family of 50 rows resolvable. Occlusion ratio 0 is the clean validation accuracy, already compared
-as ``top1``.
+resamples (``statistics.RESAMPLES``) keep a family of 50 rows resolvable. Occlusion ratio 0 is the clean
+validation accuracy, already compared as ``top1``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from mixmask.factors import FACTORS
 from mixmask.results import Comparison, Variant, by_name
 
 ALPHA = 0.05
-RESAMPLES = 10_000
 COLUMNS = [
     "variant",
     "reference",
@@ -146,7 +145,7 @@ def family(metric: str) -> str:
     return prefix + name.split("/", 1)[0]
 
 
-def compare(variants: list[Variant], reference: str, resamples: int = RESAMPLES) -> list[Comparison]:
+def compare(variants: list[Variant], reference: str, resamples: int = statistics.RESAMPLES) -> list[Comparison]:
     """Every variant against ``reference``: per common seed, and pooled (``seed="all"``) when they share two or
     more seeds; Holm-corrected within each family (``family``) at each seed level."""
     groups = by_name(variants)
