@@ -384,6 +384,9 @@ class EvalConfig:
     # both; evaluating a pretraining run measures its encoder's CKA in any case
     cka_encoder: bool = False
     shape_bias: bool = True
+    # ImageNet models: the cue-conflict stimuli of Geirhos et al. in their public layout, <category>/<name>.png
+    # (scored by the 16-category protocol); ShapesX uses its own cue-conflict split
+    cue_conflict_root: str = ""
     reconstruction: bool = True
 
     def check(self, where: str) -> None:

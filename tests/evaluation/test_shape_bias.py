@@ -3,9 +3,17 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from mixmask.data.common import DataError
 from mixmask.data.shapesx import CLASSES, ShapesX
-from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
+from mixmask.evaluation.shape_bias import (
+    IMAGENET16,
+    CueConflictFolder,
+    category_scores,
+    cue_conflict_predictions,
+    shape_bias,
+)
 
 NAMES = ["a", "b", "c"]
 SHAPE = [0, 0, 0, 1, 1, 2]
@@ -83,3 +91,78 @@ def test_cue_conflict_predictions_on_shapesx():
 def test_cue_conflict_predictions_need_tensors():
     with pytest.raises(ValueError, match="transform"):
         cue_conflict_predictions(lambda x: x, ShapesX("cue_conflict", size=32, length=4), 2, "cpu")
+
+
+def test_sixteen_categories_average_probabilities_within_each_category():
+    """A hand-made 1000-class probability vector: airplane's one class holds 0.3, the 109 dog classes 0.5 between
+    them, everything else the rest. The mean within a category (not the sum) decides: airplane, not dog."""
+    assert len(IMAGENET16) == 16 and len(IMAGENET16["dog"]) == 109 and IMAGENET16["airplane"] == [404]
+    assert sum(map(len, IMAGENET16.values())) == len({i for v in IMAGENET16.values() for i in v}) == 207
+    probabilities = torch.zeros(1000, dtype=torch.float64)
+    probabilities[404] = 0.3
+    probabilities[IMAGENET16["dog"]] = 0.5 / 109
+    rest = [i for i in range(1000) if i != 404 and i not in IMAGENET16["dog"]]
+    probabilities[rest] = 0.2 / len(rest)
+    scores = category_scores(probabilities.log()[None])  # the softmax of log p is p
+    expected = {name: float(probabilities[indices].mean()) for name, indices in IMAGENET16.items()}
+    assert scores.shape == (1, 16)
+    assert scores[0].tolist() == pytest.approx(list(expected.values()), rel=1e-12)
+    assert list(IMAGENET16)[int(scores.argmax())] == "airplane"
+    assert expected["dog"] == pytest.approx(0.5 / 109) and expected["knife"] == pytest.approx(0.2 / len(rest))
+
+
+def test_sixteen_categories_on_a_subset_of_imagenet_classes():
+    # columns name each logit's ImageNet class: two columns, airplane and dog; the softmax runs over those two
+    columns = [404, 152]
+    small = {"airplane": [404], "dog": [152, 153]}
+    scores = category_scores(torch.tensor([[0.0, 1.0]]), columns, small)
+    e = float(np.exp(1.0))
+    assert scores[0].tolist() == pytest.approx([1 / (1 + e), e / (1 + e)])
+    with pytest.raises(ValueError, match="none of the ImageNet classes of: .*knife"):
+        category_scores(torch.zeros(1, 2), columns)
+
+
+def write_stimuli(root, names):
+    for name in names:
+        folder = root / name.split("-")[0].rstrip("0123456789")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), len(name), dtype=np.uint8)).save(folder / name)
+
+
+def stimulus_names():
+    """Two stimuli per category: texture from the next category and, for the first, from the same one."""
+    categories = list(IMAGENET16)
+    names = []
+    for k, shape in enumerate(categories):
+        names += [f"{shape}1-{categories[(k + 1) % 16]}2.png", f"{shape}2-{shape}1.png"]
+    return names
+
+
+def test_cue_conflict_folder_reads_the_public_layout(tmp_path):
+    write_stimuli(tmp_path, stimulus_names())
+    stimuli = CueConflictFolder(tmp_path, transform=to_tensor)
+    categories = list(IMAGENET16)
+    assert len(stimuli) == 16 and stimuli.same_cue == 16 and stimuli.classes == categories
+    for i in range(16):
+        image, label, index = stimuli[i]
+        assert (label, index) == (i, i) and image.shape == (3, 8, 8)
+        assert stimuli.annotation(i) == {"shape": i, "texture": (i + 1) % 16}
+        assert stimuli.file_name(i) == f"{categories[i]}1-{categories[(i + 1) % 16]}2.png"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda root: write_stimuli(root, ["airplane3-tiger1.png"]), "expected a name <shape><k>-<texture><j>.png"),
+        (lambda root: write_stimuli(root, ["tiger1-bear1.png"]), "must hold the 16 category folders"),
+        (
+            lambda root: Image.new("RGB", (4, 4)).save(root / "bear" / "cat1-dog1.png"),
+            "its shape 'cat' is not its folder's category",
+        ),
+    ],
+)
+def test_cue_conflict_folder_refuses_other_layouts(tmp_path, change, message):
+    write_stimuli(tmp_path, stimulus_names())
+    change(tmp_path)
+    with pytest.raises(DataError, match=message):
+        CueConflictFolder(tmp_path)

@@ -369,7 +369,7 @@ def test_evaluate_scores_imagenet_class_folders_with_imagenet_x(tmp_path, capsys
     assert main(["evaluate", str(run), "eval.cka=false", "eval.occlusion=false"]) == 0
     out = run / "evaluation"
     results = json.loads((out / "results.json").read_text())
-    assert results["shape_bias"] == {"skipped": "shape bias needs the ShapesX cue-conflict split"}
+    assert results["shape_bias"]["skipped"].startswith("shape bias needs the ShapesX cue-conflict split or")
     with (out / "val_predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 36 and {r["label_name"] for r in rows} == set(chosen)
@@ -384,8 +384,12 @@ def test_any_timm_classifier_evaluates_with_its_own_head(tmp_path, capsys):
     import csv
 
     from mixmask.evaluation import imagenet_x
+    from mixmask.evaluation.shape_bias import CueConflictFolder, category_scores
+    from tests.evaluation.test_shape_bias import stimulus_names, write_stimuli
 
     chosen, data = imagenet_tree(tmp_path)
+    write_stimuli(tmp_path / "stimuli", stimulus_names())
+    data.append(f"eval.cue_conflict_root={tmp_path / 'stimuli'}")
     torch.manual_seed(0)
     model = timm.create_model("resnet18", num_classes=1000)
     torch.save({"state_dict": {f"module.encoder.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "w.pth")
@@ -414,6 +418,20 @@ def test_any_timm_classifier_evaluates_with_its_own_head(tmp_path, capsys):
     batch = next(iter(eval_loader(val, cfg.data, 36)))
     logits = model.eval()(batch.images)[:, imagenet_x.wnid_indices(list(val.classes))]
     assert [int(r["prediction"]) for r in rows] == logits.argmax(1).tolist()
+
+    # shape bias by the 16-category protocol on the model's own 1000 logits, not the tree's 3 classes
+    stimuli = CueConflictFolder(tmp_path / "stimuli", eval_transform_for(cfg.data))
+    images = torch.stack([stimuli[i][0] for i in range(len(stimuli))])
+    decisions = category_scores(model(images)).argmax(1)
+    with (out / "cue_conflict_predictions.csv").open() as handle:
+        conflict = list(csv.DictReader(handle))
+    assert [int(r["prediction"]) for r in conflict] == decisions.tolist()
+    shape = sum(int(r["shape_decision"]) for r in conflict)
+    texture = sum(int(r["texture_decision"]) for r in conflict)
+    assert results["shape_bias"]["images"] == 16 and shape + texture == sum(
+        d in (i, (i + 1) % 16) for i, d in enumerate(decisions.tolist())
+    )
+    assert results["shape_bias"]["shape_bias"] == (shape / (shape + texture) if shape + texture else None)
 
     other = timm.create_model("resnet34", num_classes=1000).state_dict()
     torch.save(other, tmp_path / "other.pth")

@@ -3,17 +3,95 @@ say another, how often a model that picks either cue picks the shape.
 
 Predictions that match neither cue are left out of the ratio (but reported as ``shape_or_texture_fraction``), as in
 Geirhos et al.; per-class numbers are grouped by the shape class.
+
+ImageNet models are scored on the public stimulus set (a local folder ``<category>/<shape><k>-<texture><j>.png``,
+``CueConflictFolder``) by the 16-category protocol: the 1000-class softmax probabilities are averaged within each
+category's ImageNet classes (``IMAGENET16``, the WordNet mapping of the model-vs-human toolbox) and the decision is
+the top category (``category_scores``). Stimuli whose shape and texture categories agree are left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mixmask.data.common import collate
+from mixmask.data.common import DataError, collate
+from mixmask.data.folders import ClassFolderDataset
+
+
+def _read_categories() -> dict[str, list[int]]:
+    text = (resources.files("mixmask") / "resources" / "imagenet16_categories.txt").read_text()
+    lines = (line.split(":") for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return {name.strip(): [int(i) for i in indices.split()] for name, indices in lines}
+
+
+IMAGENET16: dict[str, list[int]] = _read_categories()  # category -> its ImageNet-1k class indices, sorted by name
+STIMULUS = re.compile(r"^([a-z]+)(\d+)-([a-z]+)(\d+)\.png$")
+
+
+def category_columns(columns: Sequence[int], categories: Mapping[str, Sequence[int]] = IMAGENET16) -> list[list[int]]:
+    """For each category, the logit columns of its classes; ``columns[c]`` is the ImageNet-1k index of column c.
+    A category without any of its classes among the columns is a ``ValueError`` naming it."""
+    position = {index: c for c, index in enumerate(columns)}
+    members = {name: [position[i] for i in indices if i in position] for name, indices in categories.items()}
+    missing = [name for name, found in members.items() if not found]
+    if missing:
+        raise ValueError(f"the classifier has none of the ImageNet classes of: {', '.join(missing)}")
+    return list(members.values())
+
+
+def category_scores(
+    logits: torch.Tensor, columns: Sequence[int] | None = None, categories: Mapping[str, Sequence[int]] = IMAGENET16
+) -> torch.Tensor:
+    """``(B, classes)`` logits -> ``(B, len(categories))``: the softmax probabilities averaged within each category
+    (``columns`` as in ``category_columns``; default: the 1000 ImageNet classes in order)."""
+    members = category_columns(range(logits.shape[1]) if columns is None else columns, categories)
+    probabilities = logits.double().softmax(dim=1)
+    return torch.stack([probabilities[:, found].mean(dim=1) for found in members], dim=1)
+
+
+class CueConflictFolder(ClassFolderDataset):
+    """The cue-conflict stimuli of Geirhos et al. in their public layout, ``root/<category>/<shape><k>-<texture><j>.png``
+    with the 16 category folders; items are labelled by the shape category and ``annotation(i)`` gives the shape and
+    texture category indices. Stimuli whose two cues name the same category are left out (``same_cue`` counts them),
+    a file name that does not follow the layout is a ``DataError``."""
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False):
+        super().__init__(root, transform=transform, strict=strict, extensions=(".png",))
+        if self.classes != sorted(IMAGENET16):
+            raise DataError(
+                f"the cue-conflict folder {root} must hold the 16 category folders ({', '.join(sorted(IMAGENET16))}); "
+                f"found {', '.join(self.classes)}"
+            )
+        self.cues: list[tuple[int, int]] = []
+        kept = []
+        for path, label in self.samples:
+            found = STIMULUS.match(os.path.basename(path))
+            if not found or found[1] not in self.class_to_idx or found[3] not in self.class_to_idx:
+                raise DataError(
+                    f"cue-conflict stimulus {path}: expected a name <shape><k>-<texture><j>.png with two of the 16 "
+                    f"categories ({', '.join(self.classes)})"
+                )
+            shape, texture = self.class_to_idx[found[1]], self.class_to_idx[found[3]]
+            if shape != label:
+                raise DataError(f"cue-conflict stimulus {path}: its shape {found[1]!r} is not its folder's category")
+            if shape != texture:
+                kept.append((path, label))
+                self.cues.append((shape, texture))
+        self.same_cue = len(self.samples) - len(kept)
+        if not kept:
+            raise DataError(f"no cue-conflict stimuli in {root}: every image's shape and texture name one category")
+        self.samples = kept
+
+    def annotation(self, index: int) -> dict[str, int]:
+        shape, texture = self.cues[index]
+        return {"shape": shape, "texture": texture}
 
 
 def _labels(values, name: str, n_classes: int) -> np.ndarray:

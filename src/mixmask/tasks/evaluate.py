@@ -30,7 +30,13 @@ from mixmask.evaluation.classification import Outputs, collect, topk_accuracy
 from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_curve, occlusion_predictions
 from mixmask.evaluation.probes import knn_probe, linear_probe
 from mixmask.evaluation.reconstruction import reconstruct
-from mixmask.evaluation.shape_bias import cue_conflict_predictions, shape_bias
+from mixmask.evaluation.shape_bias import (
+    CueConflictFolder,
+    category_columns,
+    category_scores,
+    cue_conflict_predictions,
+    shape_bias,
+)
 from mixmask.models.classifier import (
     Classifier,
     classes_in,
@@ -214,6 +220,8 @@ def evaluate_classifier(
 
     transform = eval_transform_for(data)
     val_set = build_dataset(data, "val", transform)
+    # read the stimuli folder first: a wrong one fails before any compute
+    stimuli = CueConflictFolder(ev.cue_conflict_root, transform, data.strict) if ev.cue_conflict_root else None
     val_loader = eval_loader(val_set, data, ev.batch_size, ev.max_images)
     val_outputs = collect(classifier, val_loader, device, "val")
     results.accuracy = Accuracy(topk_accuracy(val_outputs.values, val_outputs.labels, ev.topk), len(val_outputs.labels))
@@ -270,14 +278,47 @@ def evaluate_classifier(
             results.per_image["shape_bias"] = "cue_conflict_predictions.csv"
             plots.shape_bias_bars(results.shape_bias, out_dir / "shape_bias.png")
             print(f"shape bias: {results.shape_bias.shape_bias:.3f}")
+        elif stimuli is not None:
+            results.shape_bias = imagenet_shape_bias(classifier, val_set, stimuli, ev.batch_size, out_dir, device)
+            if isinstance(results.shape_bias, ShapeBias):
+                results.per_image["shape_bias"] = "cue_conflict_predictions.csv"
         else:
-            results.shape_bias = Skipped("shape bias needs the ShapesX cue-conflict split")
+            results.shape_bias = Skipped(
+                "shape bias needs the ShapesX cue-conflict split or eval.cue_conflict_root (the Geirhos et al. stimuli)"
+            )
         lap("shape_bias")
 
     if ev.interactions:
         results.interactions = interaction_results(cfg, classifier, val_set, device, out_dir)
         results.per_image["interactions"] = "interactions.csv"
         lap("interactions")
+
+
+def imagenet_shape_bias(
+    network: torch.nn.Module, val_set, stimuli: CueConflictFolder, batch_size: int, out_dir: Path, device
+) -> ShapeBias | Skipped:
+    """Shape bias of an ImageNet classifier on the Geirhos et al. ``stimuli`` by the 16-category protocol
+    (``category_scores``), overall and per shape category, with the per-stimulus decisions in a CSV."""
+    if isinstance(network, DatasetClasses):  # a 1000-class model read on a subset: its own 1000 logits
+        network, columns = network.classifier, None
+    elif all(WNID.match(c) for c in val_set.classes):
+        columns = imagenet_x.wnid_indices(list(val_set.classes))
+    else:
+        return Skipped("16-category shape bias needs a classifier of ImageNet classes (class folders named by wnid)")
+    try:
+        category_columns(range(imagenet_x.NUM_CLASSES) if columns is None else columns)
+    except ValueError as error:
+        return Skipped(f"16-category shape bias: {error}")
+    predicted, shapes, textures, indices = cue_conflict_predictions(
+        lambda images: category_scores(network(images), columns), stimuli, batch_size, device
+    )
+    write_cue_conflict(out_dir / "cue_conflict_predictions.csv", stimuli, indices, shapes, textures, predicted)
+    result = ShapeBias(**shape_bias(predicted, shapes, textures, stimuli.classes))
+    plots.shape_bias_bars(result, out_dir / "shape_bias.png")
+    value = "undefined" if result.shape_bias is None else f"{result.shape_bias:.3f}"
+    left_out = f"{stimuli.same_cue} with one category for both cues left out"
+    print(f"shape bias (16 categories, {result.images} stimuli; {left_out}): {value}")
+    return result
 
 
 def probe_encoder(cfg: Config, init: str, num_classes: int, device: torch.device) -> tuple[Classifier, str]:
