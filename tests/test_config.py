@@ -85,6 +85,7 @@ def test_saved_config_round_trips(tmp_path):
         ("eval.occlusion_ratios=[0.5, 1.2]", ["eval.occlusion_ratios", "[0, 1)"]),
         ("noequals", ["key.sub=value"]),
         ("train.keep_checkpoints=0", ["train.keep_checkpoints", "got 0", "an integer >= 1"]),
+        ("eval.cka_drop=tokens", ["eval.cka_drop", "'tokens'", "a CNN (resnet_tiny) has no tokens to drop"]),
     ],
 )
 def test_errors_name_field_value_and_accepted(override, fragments):

@@ -383,6 +383,9 @@ class EvalConfig:
     # also the CKA of the encoder before finetuning (the pretraining's, or scratch's random init): the report shows
     # both; evaluating a pretraining run measures its encoder's CKA in any case
     cka_encoder: bool = False
+    # pixels: occluded cells are filled (eval.occlusion_fill); tokens (ViTs): the occluded patches' tokens are dropped
+    # from the encoder's input, as MAE's encoder drops masked patches; the cells are then the ViT's patches
+    cka_drop: Literal["pixels", "tokens"] = "pixels"
     shape_bias: bool = True
     # ImageNet models: the cue-conflict stimuli of Geirhos et al. in their public layout, <category>/<name>.png
     # (scored by the 16-category protocol); ShapesX uses its own cue-conflict split
@@ -446,6 +449,12 @@ class Config:
     def check(self) -> None:
         for section in dataclasses.fields(self):
             getattr(self, section.name).check(section.name)
+        _require(
+            self.eval.cka_drop == "pixels" or is_vit(self.model.backbone),
+            "eval.cka_drop",
+            self.eval.cka_drop,
+            f"pixels: a CNN ({self.model.backbone}) has no tokens to drop",
+        )
         # Rules across sections. (The patch/stage stride rule needs the backbone's strides: the model checks it.)
         size = self.data.image_size
         for i, strategy in enumerate(self.masking.strategies):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mixmask.data.common import Batch
-from mixmask.evaluation.cka import MinibatchCKA, linear_cka, occlusion_invariance, unbiased_hsic
+from mixmask.evaluation.cka import MinibatchCKA, linear_cka, occlusion_invariance, unbiased_hsic, vit_token_drop
 from mixmask.evaluation.occlusion import OcclusionSettings
 from mixmask.models.backbone import Backbone
 
@@ -191,3 +191,39 @@ def test_occlusion_invariance_debiased_and_max_images(backbone):
     assert capped["images"] == 10
     empty = occlusion_invariance(backbone.forward_stages, [], SETTINGS)
     assert empty["images"] == 0 and empty["stages"] == {}
+
+
+def test_token_drop_leaves_the_occluded_patches_out_of_a_vit():
+    """cka_drop=tokens: the cells are the ViT's patches, the ones the pixel masks would hide are dropped from the
+    input, and the numbers are CKA of the pooled visible tokens against the clean pooled features."""
+    from mixmask.evaluation.occlusion import occlusion_masks
+    from mixmask.models.backbone import build_backbone
+
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny_patch16_224", 32, patch_size=8, depth=2, embed_dim=48, num_heads=3).eval()
+    settings = OcclusionSettings([0.0, 0.25, 0.5], 8, "zero", MEAN, STD, seed=3)
+    drop = vit_token_drop(vit)
+    seen = []
+
+    def watched(images, dropped):
+        seen.append(dropped.clone())
+        return drop(images, dropped)
+
+    result = occlusion_invariance(vit.forward_stages, image_batches(n=16), settings, drop=watched)
+    assert [tuple(d.shape) for d in seen] == [(8, 16)] * 4 and [int(d[0].sum()) for d in seen] == [4, 8, 4, 8]
+    pixels = occlusion_masks(torch.arange(8), 32, 8, 0.25, seed=3)[:, 0, ::8, ::8].flatten(1)
+    assert torch.equal(seen[0], pixels)  # the same cells as the pixel occlusion hides
+    for values in result["stages"].values():
+        assert values[0] == pytest.approx(1.0, abs=1e-6) and all(0 < v < 1 for v in values[1:])
+
+    # a direct computation for the first stage at ratio 0.5: the mean of the visible patch embeddings
+    batches = image_batches(n=16)
+    images = torch.cat([b.images for b in batches])
+    with torch.no_grad():
+        tokens = vit.model.patch_embed(images)
+    dropped = torch.cat([seen[1], seen[3]])
+    visible = torch.stack([tokens[i][~dropped[i]].mean(0) for i in range(16)])
+    expected = linear_cka(tokens.mean(1), visible)
+    assert result["stages"]["0"][2] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="patch grid"):
+        drop(images[:2], torch.zeros(2, 4, dtype=torch.bool))

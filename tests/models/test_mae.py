@@ -85,6 +85,24 @@ def test_masked_pixels_never_reach_the_encoder():
     torch.testing.assert_close(moved[1:], reference[1:])
 
 
+def test_backbone_forward_visible_is_what_the_mae_encoder_computes():
+    """The CKA token drop (ViTBackbone.forward_visible) sees an image as MAE's encoder does: the same tokens for the
+    same mask, and with every patch kept, the backbone's own stages."""
+    model = tiny_mae().eval()
+    images = torch.randn(4, 3, SIZE, SIZE)
+    masks = make_masks(model)
+    mask = masks.stages[0].flatten(1)
+    keep = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :4]
+    with torch.no_grad():
+        stages = model.backbone.forward_visible(images, keep)
+        # the norm works token by token: the encoder's normalised patch tokens are the last stage's, normalised
+        torch.testing.assert_close(model.backbone.model.norm(stages[-1]), encoder_output(model, images, masks)[:, 1:])
+        whole = model.backbone.forward_visible(images, torch.arange(16).expand(4, -1))
+        for visible, stage in zip(whole, model.backbone.forward_stages(images), strict=True):
+            torch.testing.assert_close(visible, stage.flatten(2).transpose(1, 2))
+    assert [s.shape for s in stages] == [torch.Size([4, 4, 48])] * 3
+
+
 def test_patchify_order_is_row_major_patches_of_row_column_channel_pixels():
     images = torch.randn(2, 3, SIZE, SIZE)
     patches = patchify(images, PATCH)
@@ -242,6 +260,11 @@ def test_pretrain_cli_run_gives_weights_a_vit_classifier_loads(tmp_path):
     state = classifier.timm_model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in weights.items())
     assert classifier(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+    # the encoder's CKA occlusion invariance with the occluded patches dropped, as the MAE encoder drops them
+    assert main(["evaluate", str(run), "eval.cka_drop=tokens", "eval.cka_images=8", "eval.reconstruction=false"]) == 0
+    cka = json.loads((run / "evaluation" / "results.json").read_text())["cka"]
+    assert (cka["fill"], cka["patch_size"], cka["images"], len(cka["stages"])) == ("tokens dropped", 8, 8, 7)
 
 
 def test_per_sample_mixing_of_unequal_counts_fails_when_the_config_is_built():

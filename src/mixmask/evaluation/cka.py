@@ -99,8 +99,23 @@ class MinibatchCKA:
 
 
 def _pool(features: torch.Tensor) -> torch.Tensor:
-    """Global average pool of a (B, C, h, w) feature map (or pass-through of (B, C) features)."""
+    """Global average pool of a (B, C, h, w) feature map or of (B, N, C) tokens (or pass-through of (B, C))."""
+    if features.ndim == 3:
+        return features.float().mean(dim=1)
     return features.float().mean(dim=(2, 3)) if features.ndim == 4 else features.float().flatten(1)
+
+
+def vit_token_drop(backbone) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
+    """``drop`` for ``occlusion_invariance`` on a ``ViTBackbone``: the stages' visible patch tokens with the dropped
+    patches left out of the encoder's input (``ViTBackbone.forward_visible``); the cells must be its patches."""
+
+    def drop(images: torch.Tensor, dropped: torch.Tensor) -> list[torch.Tensor]:
+        if dropped.shape[1] != backbone.grid[0] * backbone.grid[1]:
+            raise ValueError(f"token drop needs the ViT's {backbone.grid} patch grid as cells, got {dropped.shape[1]}")
+        keep = torch.argsort(dropped.to(torch.int8), dim=1, stable=True)[:, : int((~dropped[0]).sum())]
+        return backbone.forward_visible(images, keep)
+
+    return drop
 
 
 def _json(value: float) -> float | None:
@@ -115,6 +130,7 @@ def occlusion_invariance(
     debiased: bool = False,
     device: torch.device | str = "cpu",
     max_images: int | None = None,
+    drop: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> dict:
     """For every stage of ``stage_features`` (e.g. ``Backbone.forward_stages``, model in eval mode), the linear CKA
     between the globally average-pooled features of the clean images and of the same images occluded at each ratio.
@@ -122,7 +138,9 @@ def occlusion_invariance(
     Full-data linear CKA by default: pooled features are kept on the CPU in float32, n x sum(C) x (1 + ratios)
     numbers (ResNet-50, 2720 images, 10 ratios: about 0.5 GB); ``max_images`` caps n. ``debiased=True`` keeps no
     features and averages the unbiased HSIC over batches instead (batches under 4 images are skipped and not counted).
-    Ratios that drop no cell reuse the clean features, so they give exactly 1."""
+    Ratios that drop no cell reuse the clean features, so they give exactly 1. ``drop(images, dropped)`` (see
+    ``map_over_ratios``) gives the stage features with the dropped cells left out of the input instead of filled
+    (``vit_token_drop``); ``stage_features`` still gives the clean ones."""
     ratios = settings.ratios
     with_clean = replace(settings, ratios=(0.0, *ratios))  # the clean features come out of the same call
     clean: list[list[torch.Tensor]] = []  # stage -> batches
@@ -140,7 +158,8 @@ def occlusion_invariance(
         if take == 0 or (debiased and take < 4):
             continue
         images = batch.images[:take].to(device)
-        full, *per_ratio = map_over_ratios(pooled, images, batch.indices[:take], with_clean)
+        dropped = None if drop is None else lambda x, cells: [_pool(f).cpu() for f in drop(x, cells)]
+        full, *per_ratio = map_over_ratios(pooled, images, batch.indices[:take], with_clean, dropped)
         if not clean:
             clean = [[] for _ in full]
             occluded = [[[] for _ in full] for _ in ratios]

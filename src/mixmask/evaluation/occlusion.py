@@ -169,10 +169,16 @@ class OcclusionSettings:
 
 
 def map_over_ratios(
-    fn: Callable[[torch.Tensor], T], images: torch.Tensor, indices: torch.Tensor, settings: OcclusionSettings
+    fn: Callable[[torch.Tensor], T],
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    settings: OcclusionSettings,
+    drop: Callable[[torch.Tensor, torch.Tensor], T] | None = None,
 ) -> list[T]:
     """``fn`` of the images occluded at each of the settings' ratios, in order. The cell ranking is drawn once per
-    batch; ratios that drop the same number of cells share one call, and one that drops none gets the clean images."""
+    batch; ratios that drop the same number of cells share one call, and one that drops none gets the clean images.
+    With ``drop``, occluded ratios call ``drop(images, dropped)`` instead, ``dropped`` the (B, cells) bool of the
+    cells to leave out (row-major, the same cells the pixels would hide), for an encoder that drops tokens."""
     s = settings
     rows, cols = cell_grid(images.shape[-2:], s.patch_size)
     ranks = cell_ranks(indices, rows * cols, s.seed)
@@ -180,11 +186,13 @@ def map_over_ratios(
     for ratio in s.ratios:
         k = dropped_cells(ratio, rows * cols)
         if k not in by_k:
-            occluded = images
-            if k:
+            if not k:
+                by_k[k] = fn(images)
+            elif drop is not None:
+                by_k[k] = drop(images, (ranks < k).to(images.device))
+            else:
                 masks = masks_from_ranks(ranks, images.shape[-2:], s.patch_size, ratio, images.device)
-                occluded = occlude(images, masks, s.fill, s.mean, s.std)
-            by_k[k] = fn(occluded)
+                by_k[k] = fn(occlude(images, masks, s.fill, s.mean, s.std))
     return [by_k[dropped_cells(ratio, rows * cols)] for ratio in s.ratios]
 
 

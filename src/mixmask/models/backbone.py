@@ -218,3 +218,21 @@ class ViTBackbone(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         return forward_stages(self, x)
+
+    def forward_visible(self, x: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder on the patches ``keep`` (B, V) only, the others dropped from its input as MAE's encoder drops
+        masked patches (position embeddings added before the drop): each stage's visible patch tokens (B, V, C)."""
+        vit = self.model
+
+        def visible(tokens: torch.Tensor) -> torch.Tensor:
+            return torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
+
+        patches = vit.patch_embed(x)
+        stages = [visible(patches)]
+        tokens = vit._pos_embed(patches)  # the prefix tokens first, every token with its position
+        prefix = vit.num_prefix_tokens
+        x = vit.norm_pre(torch.cat([tokens[:, :prefix], visible(tokens[:, prefix:])], dim=1))
+        for block in vit.blocks:
+            x = block(x)
+            stages.append(x[:, prefix:])
+        return stages

@@ -25,7 +25,7 @@ from mixmask.engine import distributed
 from mixmask.engine.checkpoint import latest_intact_checkpoint, load_checkpoint
 from mixmask.engine.run_dir import resume_config, run_task, write_json
 from mixmask.evaluation import imagenet_x
-from mixmask.evaluation.cka import occlusion_invariance
+from mixmask.evaluation.cka import occlusion_invariance, vit_token_drop
 from mixmask.evaluation.classification import Outputs, collect, topk_accuracy
 from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_curve, occlusion_predictions
 from mixmask.evaluation.probes import knn_probe, linear_probe
@@ -197,11 +197,15 @@ def cka_curves(cfg: Config, network: Classifier, val_set, device: torch.device) 
     ev = cfg.eval
     settings = OcclusionSettings.from_config(cfg)
     occluded_only = replace(settings, ratios=tuple(r for r in settings.ratios if r > 0))
+    drop = None
+    if ev.cka_drop == "tokens":  # the cells are the ViT's patches
+        drop = vit_token_drop(network.backbone)
+        occluded_only = replace(occluded_only, patch_size=network.backbone.patch_size)
     loader = eval_loader(val_set, cfg.data, ev.batch_size, min(ev.cka_images, len(val_set)))
     curves = occlusion_invariance(
-        network.backbone.forward_stages, loader, occluded_only, debiased=ev.cka_debiased, device=device
+        network.backbone.forward_stages, loader, occluded_only, debiased=ev.cka_debiased, device=device, drop=drop
     )
-    return CKACurves(**curves)
+    return CKACurves(**(curves | ({"fill": "tokens dropped"} if drop else {})))
 
 
 def evaluate_classifier(
