@@ -50,6 +50,18 @@ def test_the_probes_of_an_evaluate_stage_are_timed_too():
     assert row.images == 48 + 34 + 96 + 64 + 20 + (128 + 48 + 34 + 20) and row.seconds > 0
 
 
+def test_the_analyses_of_an_evaluate_stage_are_timed_too():
+    """Interactions are costed per image a classifier may get right (all candidates, an upper bound); the frequency
+    measure and the encoder's CKA are run on the probe like the rest."""
+    analyses = {"interactions": True, "interaction_images": 8, "frequency": True, "frequency_images": 8}
+    evaluate = {"eval": {"cka_images": 32, "occlusion_ratios": [0.0, 0.5], "cka_encoder": True, **analyses}}
+    cfg = load_sweep(data=tiny_sweep(evaluate=evaluate, variants=[{"name": "p4"}])).variants[0].configs["evaluate"]
+    costs = plan_module._evaluate_probe(cfg)
+    assert costs["interactions"][1] > 0 and costs["frequency"][0] > 0 and sum(costs["cka_encoder"]) > 0
+    counts = plan_module._evaluation_images(cfg)
+    assert (counts["interactions"], counts["cka_encoder"]) == (8, counts["cka"]) and "frequency" not in counts
+
+
 def test_done_stages_cost_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(plan_module, "_training_probe", lambda *a: {"per_step": 1.0, "fixed": 0.0, "train_images": 128})
     monkeypatch.setattr(plan_module, "_evaluate_probe", lambda *a: {"accuracy": (0.5, 0.01)})  # fixed, per image

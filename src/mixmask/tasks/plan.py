@@ -110,10 +110,12 @@ def _evaluate_probe(cfg: Config) -> dict[str, tuple[float, float]]:
     """``{evaluation: (fixed seconds, seconds per image)}``, from the evaluate task's own evaluations of a fresh
     classifier run twice, on PROBE_IMAGES and on twice as many images per evaluation: the difference gives the cost
     per image, the rest is the evaluation's fixed cost (its plot, its data set, the ImageNet-X scoring)."""
+    from mixmask.data import build_dataset
+    from mixmask.data.transforms import eval_transform_for
     from mixmask.engine import distributed
     from mixmask.models.classifier import Classifier
     from mixmask.results import EvaluateResults
-    from mixmask.tasks.evaluate import evaluate_classifier, probe_results
+    from mixmask.tasks.evaluate import cka_curves, evaluate_classifier, frequency_results, probe_results
 
     device = distributed.setup(cfg.train.device).device
     classifier = Classifier(cfg.model.backbone, len(_classes(cfg)), image_size=cfg.data.image_size).to(device).eval()
@@ -126,10 +128,19 @@ def _evaluate_probe(cfg: Config) -> dict[str, tuple[float, float]]:
         results = EvaluateResults(run="", run_task="plan", settings={}, data={})
         with tempfile.TemporaryDirectory() as folder, _quiet():
             evaluate_classifier(probe, classifier, device, Path(folder), results, lambda: None)
-            if probe.eval.probes:  # a random encoder costs what a pretrained one does
-                start = time.perf_counter()
+            # the analyses of the encoder before finetuning: a random encoder costs what a pretrained one does
+            start = time.perf_counter()
+            if probe.eval.probes:
                 probe_results(probe, classifier, "random init", device, Path(folder), results)
                 results.seconds["probes"] = time.perf_counter() - start
+            if probe.eval.frequency:
+                start = time.perf_counter()
+                frequency_results(probe, classifier, "random init", device)
+                results.seconds["frequency"] = time.perf_counter() - start
+            if probe.eval.cka and probe.eval.cka_encoder:
+                start = time.perf_counter()
+                cka_curves(probe, classifier, build_dataset(probe.data, "val", eval_transform_for(probe.data)), device)
+                results.seconds["cka_encoder"] = time.perf_counter() - start
         runs.append((_evaluation_images(probe), results.seconds))
     (few, few_seconds), (many, many_seconds) = runs
     costs = {}
@@ -137,6 +148,8 @@ def _evaluate_probe(cfg: Config) -> dict[str, tuple[float, float]]:
         added = many.get(name, 0) - few.get(name, 0)
         per_image = max(0.0, (seconds - few_seconds[name]) / added) if added > 0 else 0.0
         costs[name] = (max(0.0, seconds - per_image * many.get(name, 0)), per_image)
+    if results.interactions is not None:  # J(m) costs per image scored: a fresh classifier gets few right
+        costs["interactions"] = (0.0, many_seconds["interactions"] / max(1, results.interactions.images))
     return costs
 
 
@@ -160,6 +173,10 @@ def _evaluation_images(cfg: Config) -> dict[str, int]:
         counts["cka"] = min(ev.cka_images, _images(cfg, "val")) * (1 + ratios)
     if ev.shape_bias and data.dataset == "shapesx":
         counts["shape_bias"] = _images(cfg, "cue_conflict")
+    if ev.cka and ev.cka_encoder:
+        counts["cka_encoder"] = counts["cka"]
+    if ev.interactions:  # at most: J(m) is computed on the candidates the classifier gets right
+        counts["interactions"] = min(ev.interaction_images, val)
     if ev.probes:  # features of the training images and of every evaluated split, once
         train = min(ev.probe_images, _images(cfg, "train")) if ev.probe_images else _images(cfg, "train")
         shapesx = _images(cfg, "test") + _images(cfg, "cue_conflict") if data.dataset == "shapesx" else 0
