@@ -377,6 +377,9 @@ class EvalConfig:
     # feature-map frequency and variance of the encoder before finetuning (mixmask.analysis.frequency)
     frequency: bool = False
     frequency_images: int = 64
+    # the input size for it (0: data.image_size): feature maps under 8x8 are left out, so small inputs lose the late
+    # blocks; ShapesX renders at any size, class folders are resized
+    frequency_image_size: int = 0
     cka: bool = True
     cka_images: int = 1000
     cka_debiased: bool = False
@@ -402,7 +405,7 @@ class EvalConfig:
             "fractions in [0, 1)",
         )
         _require(self.occlusion_patch >= 1, f"{where}.occlusion_patch", self.occlusion_patch, "an integer >= 1")
-        for name in ("max_images", "min_factor_images", "probe_images"):
+        for name in ("max_images", "min_factor_images", "probe_images", "frequency_image_size"):
             _require(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "an integer >= 0")
         _require(self.cka_images >= 4, f"{where}.cka_images", self.cka_images, "an integer >= 4")
         _require(

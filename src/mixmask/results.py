@@ -404,12 +404,16 @@ class InteractionCurve(_Record):
 @dataclass(frozen=True)
 class FrequencyProfile(_Record):
     """Feature-map frequency and variance of an encoder (``mixmask.analysis.frequency``) on ``images`` validation
-    images: per layer its name, depth in [0, 1], map size, relative log amplitude along the spectrum's diagonal
-    and mean spatial variance."""
+    images rendered or resized to ``image_size``: per layer its name, depth in [0, 1], map size, relative log
+    amplitude along the spectrum's diagonal and mean spatial variance; ``skipped`` names the layers whose maps were
+    under 8x8; ``random_init`` has the same layers of a random initialisation of the architecture, the reference."""
 
     encoder: str
     images: int
     layers: list[dict[str, Any]]
+    image_size: int | None = None
+    skipped: list[str] = field(default_factory=list)
+    random_init: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,9 @@ def frequency(scale=1.0):
         {"layer": n, "depth": d, "size": [8, 8], "relative_log_amplitude": [0.0, -1.0 * scale], "spatial_variance": v}
         for n, d, v in (("act1", 0.0, 0.5), ("layer1.0", 0.5, 0.2), ("layer2.0", 1.0, 0.05))
     ]
-    return FrequencyProfile("random init", 16, layers)
+    return FrequencyProfile(
+        "a pretraining run", 16, layers, 32, ["layer4.0"], [dict(x, spatial_variance=1.0) for x in layers]
+    )
 
 
 def check_png(path):
@@ -97,6 +99,7 @@ CASES = [
     (interaction_curves, lambda: interactions()),
     (interaction_curves, lambda: {"A2MIM": interactions(), "scratch": interactions(0.2)}),
     (frequency_profiles, lambda: frequency()),
+    (frequency_profiles, lambda: FrequencyProfile("random init", 16, frequency().layers)),  # an older record
     (frequency_profiles, lambda: {"A2MIM": frequency(), "scratch": frequency(2.0)}),
     (shape_bias_bars, lambda: shape_results()),
     (shape_bias_bars, lambda: {"A2MIM": shape_results(), "Mix-and-Mask": shape_results(None)}),

@@ -319,6 +319,17 @@ def test_interactions_and_feature_frequency_from_evaluate(runs, tmp_path):
     profile = results["frequency"]
     assert profile["images"] == 16 and [layer["layer"] for layer in profile["layers"]][0] == "act1"
     assert all(layer["relative_log_amplitude"][0] == 0 for layer in profile["layers"])
+    # at 32 px the last blocks' maps are under 8x8 and left out; the random init reads the same layers
+    names = [layer["layer"] for layer in profile["layers"]]
+    assert profile["image_size"] == 32 and profile["skipped"] and not set(profile["skipped"]) & set(names)
+    assert all(min(layer["size"]) >= 8 for layer in profile["layers"])
+    assert [layer["layer"] for layer in profile["random_init"]] == names
+    assert profile["random_init"] != profile["layers"]  # finetuned from a pretraining run, not a random init
+
+    assert main(["evaluate", str(ft), *only, "eval.frequency=true", "eval.frequency_images=4",
+                 "eval.frequency_image_size=64", "--out", str(tmp_path / "f")]) == 0  # fmt: skip
+    larger = json.loads((tmp_path / "f" / "results.json").read_text())["frequency"]
+    assert larger["image_size"] == 64 and len(larger["skipped"]) < len(profile["skipped"])
 
 
 def test_evaluate_refuses_what_it_cannot_evaluate(runs, tmp_path, capsys):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+MIN_SIZE = 8  # maps smaller than this on a side have too few frequencies to read
 BLOCK = re.compile(r"^(layer\d+|stages\.\d+\.blocks)\.\d+$")  # timm ResNet blocks, and staged CNNs' blocks
 
 
@@ -52,7 +53,9 @@ def spatial_variance(features: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def feature_frequency(timm_model: torch.nn.Module, images: torch.Tensor, min_size: int = 8) -> list[LayerFrequency]:
+def feature_frequency(
+    timm_model: torch.nn.Module, images: torch.Tensor, min_size: int = MIN_SIZE
+) -> list[LayerFrequency]:
     """The measures at the stem (its activation, before pooling) and after every residual block of ``timm_model``,
     in depth order, for ``images``; maps smaller than ``min_size`` on a side are left out."""
     names = [name for name, _ in timm_model.named_modules() if BLOCK.match(name)]

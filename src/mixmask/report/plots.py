@@ -297,12 +297,21 @@ def frequency_profiles(
     models = _models(profiles, FrequencyProfile)
     fig = _figure(10.0, 4.2)
     high, variance = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+
+    def draw(layers: list[dict], **style) -> None:
+        depth = [layer["depth"] for layer in layers]
+        high.plot(depth, [layer["relative_log_amplitude"][-1] for layer in layers], marker="o", **style)
+        variance.plot(depth, [layer["spatial_variance"] for layer in layers], marker="o", **style)
+
     for j, (name, p) in enumerate(models.items()):
-        depth = [layer["depth"] for layer in p.layers]
-        high.plot(depth, [layer["relative_log_amplitude"][-1] for layer in p.layers], marker="o", color=f"C{j}",
-                  label=name or None)  # fmt: skip
-        variance.plot(depth, [layer["spatial_variance"] for layer in p.layers], marker="o", color=f"C{j}",
-                      label=name or None)  # fmt: skip
+        draw(p.layers, color=f"C{j}", label=name or None)
+    first = next(iter(models.values()))
+    if first.random_init is not None:  # the architecture's random initialisation, the papers' reference
+        draw(first.random_init, color="0.5", linestyle="--", label="random init")
+    notes = [f"input {first.image_size} px"] if first.image_size else []
+    notes += [f"maps under 8x8 left out: {', '.join(first.skipped)}"] if first.skipped else []
+    if notes:
+        title = f"{title}\n({'; '.join(notes)})"
     high.set_xlabel("normalised depth (stem 0, last block 1)")
     high.set_ylabel("Δ log amplitude at the highest frequency")
     variance.set_xlabel("normalised depth (stem 0, last block 1)")
@@ -310,7 +319,7 @@ def frequency_profiles(
     variance.set_yscale("log")
     for ax in (high, variance):
         ax.grid(alpha=0.3)
-    if any(models):
+    if any(models) or first.random_init is not None:
         high.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -429,15 +429,22 @@ def interaction_results(
 
 
 def frequency_results(cfg: Config, encoder: Classifier, described: str, device: torch.device):
-    """Feature-map frequency and variance of the encoder on ``eval.frequency_images`` validation images."""
-    ev, data = cfg.eval, cfg.data
+    """Feature-map frequency and variance of the encoder, and of a random initialisation of its architecture as the
+    reference, on ``eval.frequency_images`` validation images at ``eval.frequency_image_size``."""
+    ev = cfg.eval
+    data = replace(cfg.data, image_size=ev.frequency_image_size or cfg.data.image_size)
     val_set = build_dataset(data, "val", eval_transform_for(data))
-    batch = next(iter(eval_loader(val_set, data, ev.frequency_images, ev.frequency_images)))
-    try:
-        layers = frequency.feature_frequency(encoder.timm_model, batch.images.to(device))
-    except ValueError as error:  # a ViT: no residual blocks with spatial maps
-        return Skipped(str(error))
-    return FrequencyProfile(described, len(batch), [asdict(layer) for layer in layers])
+    images = next(iter(eval_loader(val_set, data, ev.frequency_images, ev.frequency_images))).images.to(device)
+    random_init, _ = probe_encoder(cfg, "", len(val_set.classes), device)
+    profiles = []
+    for network in (encoder, random_init):
+        try:
+            layers = frequency.feature_frequency(network.timm_model, images, min_size=1)
+        except ValueError as error:  # a ViT: no residual blocks with spatial maps
+            return Skipped(str(error))
+        profiles.append([asdict(layer) for layer in layers if min(layer.size) >= frequency.MIN_SIZE])
+    skipped = [layer.layer for layer in layers if min(layer.size) < frequency.MIN_SIZE]
+    return FrequencyProfile(described, len(images), profiles[0], data.image_size, skipped, profiles[1])
 
 
 class DatasetClasses(torch.nn.Module):
