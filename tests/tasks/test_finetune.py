@@ -339,8 +339,9 @@ def test_evaluate_refuses_what_it_cannot_evaluate(runs, tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
-def imagenet_tree(tmp_path):
-    """A tiny ImageNet-like tree: 3 wnids, 16 train images each and 12 val images each under real val file names."""
+def imagenet_tree(tmp_path, indices=(1, 7, 42), val_per_class=12, train_per_class=16):
+    """A tiny ImageNet-like tree: the wnids of ImageNet-1k ``indices``, random train images and val images under
+    their real val file names."""
     import csv
 
     import numpy as np
@@ -349,15 +350,16 @@ def imagenet_tree(tmp_path):
     from mixmask.evaluation import imagenet_x
 
     wnids = imagenet_x.imagenet_wnids()
-    chosen = [wnids[1], wnids[7], wnids[42]]
+    chosen = [wnids[i] for i in indices]
     with (imagenet_x.annotation_dir() / "filename_label.csv").open() as handle:
         val_names = {w: [] for w in chosen}
         for row in csv.DictReader(handle):
             wnid = wnids[int(row["label"])]
-            if wnid in val_names and len(val_names[wnid]) < 12:
+            if wnid in val_names and len(val_names[wnid]) < val_per_class:
                 val_names[wnid].append(row["file_name"])
     rng = np.random.default_rng(0)
-    for split, names_of in (("train", {w: [f"{w}_{i}.JPEG" for i in range(16)] for w in chosen}), ("val", val_names)):
+    train_names = {w: [f"{w}_{i}.JPEG" for i in range(train_per_class)] for w in chosen}
+    for split, names_of in (("train", train_names), ("val", val_names)):
         for wnid, names in names_of.items():
             (tmp_path / "in" / split / wnid).mkdir(parents=True)
             for name in names:
@@ -387,6 +389,46 @@ def test_evaluate_scores_imagenet_class_folders_with_imagenet_x(tmp_path, capsys
     expected = imagenet_x.evaluate({r["file_name"]: int(r["prediction"]) for r in rows}, wnids=sorted(chosen))
     assert results["factors"] == json.loads(json.dumps(expected.to_dict()))
     assert results["factors"]["settings"]["classes"] == 3 and 0 < results["factors"]["images"] <= 36
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Constructing a DataFrame from a list of sequences")  # inside imagenet-x
+def test_a_timm_model_on_a_few_hundred_val_images_scores_as_the_imagenet_x_package(tmp_path):
+    """Done-when of the checkpoint evaluation: 300 val images of 30 classes under their real file names, a
+    1000-class timm model through --model/--weights; the factor table in results.json equals the imagenet-x
+    package's own computation on the written predictions."""
+    import csv
+
+    import imagenet_x as package
+    import pandas as pd
+
+    from mixmask.evaluation import imagenet_x
+
+    chosen, data = imagenet_tree(tmp_path, indices=range(5, 990, 33), val_per_class=10, train_per_class=1)
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet18", num_classes=1000).state_dict(), tmp_path / "w.pth")
+    only = ["eval.occlusion=false", "eval.cka=false", "eval.min_factor_images=1"]
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", "resnet18", "--weights", str(tmp_path / "w.pth"), *data, *only,
+                 "--out", str(out)]) == 0  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    with (out / "val_predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 300 and len(chosen) == 30
+    to_1k = imagenet_x.wnid_indices(chosen)  # the tree's classes in folder order
+    model = pd.DataFrame({"file_name": [r["file_name"] for r in rows],
+                          "predicted_class": [to_1k[int(r["prediction"])] for r in rows]})  # fmt: skip
+    annotations = package.load_annotations(which_factor="top")
+    annotations = annotations[annotations["class"].isin(to_1k)]  # the subset's images, as ours reads them
+    joined = package.augment_model_predictions(annotations, {"m": model})
+    accuracies = package.compute_factor_accuracies(joined, package.FACTORS).loc["m"]
+    factors = results["factors"]
+    assert factors["images"] == len(joined) > 250
+    for name in package.FACTORS:
+        cell = factors["factors"][name]
+        assert cell["count"] == int(joined[name].sum()), name
+        if cell["count"]:
+            assert cell["accuracy"] == pytest.approx(accuracies[name], abs=1e-12), name
 
 
 def test_any_timm_classifier_evaluates_with_its_own_head(tmp_path, capsys):
