@@ -146,6 +146,23 @@ class MAEConfig:
         )
 
 
+@dataclass
+class RMAEConfig:
+    """R-MAE, the relaxed MAE of the occlusion-invariance paper (Eq. 8): branch 1 sees the visible patches M and is
+    pulled towards branch 2's prediction on the region it does not see; branch 2 reconstructs that region."""
+
+    weight: float = 1.0  # lambda: the weight of branch 2's reconstruction term
+    # complement: branch 2 sees exactly what branch 1 does not (the paper's R-MAE); independent: its own random mask
+    # at branch2_ratio, the loss on what branch 1 does not see and branch 2 does; full: the whole image (Table 1)
+    branch2: Literal["complement", "independent", "full"] = "complement"
+    branch2_ratio: float = 0.25
+    stop_gradient: Literal["none", "branch1", "branch2"] = "none"  # a branch whose prediction is a fixed target
+
+    def check(self, where: str) -> None:
+        _require(self.weight >= 0, f"{where}.weight", self.weight, "a number >= 0")
+        _require(0 < self.branch2_ratio < 1, f"{where}.branch2_ratio", self.branch2_ratio, "a fraction in (0, 1)")
+
+
 # Backbones run as Vision Transformers (timm VisionTransformer); everything else is run stage by stage as a CNN.
 VIT_PREFIXES = ("vit_", "deit_", "deit3_")
 
@@ -161,10 +178,12 @@ class ModelConfig:
     Fields set to ``auto`` take the method's own recipe when the config is loaded (the saved config shows the value):
     a2mim: mean fill, token added, focal L1 (CNN) or L1 (ViT) + focal frequency loss 0.5 (CNN) or 0.1 (ViT);
     simmim: zero fill, token replaces the features at stage 0, L1, no frequency loss;
-    mae (ViT): the encoder sees visible patches only, MSE on masked patches; mocov3: two views, no masking.
+    mae (ViT): the encoder sees visible patches only, MSE on masked patches; mocov3: two views, no masking;
+    rmae: R-MAE's two complementary branches, on a ViT as MAE (visible tokens only), on a CNN as A2MIM (mean fill and
+    token), its own squared-error loss (no frequency term).
     """
 
-    method: Literal["a2mim", "simmim", "mocov3", "mae"] = "a2mim"
+    method: Literal["a2mim", "simmim", "mocov3", "mae", "rmae"] = "a2mim"
     backbone: str = "resnet_tiny"
     token_mode: Literal["auto", "add", "replace", "none"] = "auto"  # add: z + T * D(M); replace: SimMIM; none: no token
     token_gamma_init: float = 0.0  # > 0: the official "init" variant's learnable gamma on masked features
@@ -172,6 +191,7 @@ class ModelConfig:
     drop_path: float = 0.0  # stochastic depth (ViT finetuning uses 0.1)
     mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
     mae: MAEConfig = field(default_factory=MAEConfig)
+    rmae: RMAEConfig = field(default_factory=RMAEConfig)
 
     def check(self, where: str) -> None:
         _require(bool(self.backbone), f"{where}.backbone", self.backbone, "a timm model name or a preset")
@@ -185,6 +205,7 @@ class ModelConfig:
         )
         self.mocov3.check(f"{where}.mocov3")
         self.mae.check(f"{where}.mae")
+        self.rmae.check(f"{where}.rmae")
 
 
 @dataclass
@@ -436,6 +457,9 @@ class Config:
             "simmim": {"fill": "zero", "token_mode": "replace", "spatial": "l1"},
             "mae": {"fill": "none", "token_mode": "none", "spatial": "l2"},
             "mocov3": {"fill": "none", "token_mode": "none", "spatial": "l1"},
+            "rmae": {"fill": "none", "token_mode": "none", "spatial": "l2"}
+            if vit
+            else {"fill": "mean", "token_mode": "add", "spatial": "l2"},
         }[self.model.method]
         recipe["freq_weight"] = (0.1 if vit else 0.5) if self.model.method == "a2mim" else 0.0
         recipe["freq_unmasked_weight"] = 0.0 if vit else 1e-3
@@ -452,6 +476,10 @@ class Config:
     def check(self) -> None:
         for section in dataclasses.fields(self):
             getattr(self, section.name).check(section.name)
+        if self.model.method == "rmae":  # R-MAE's Eq. 8 is its loss: squared errors, no other term
+            _require(self.loss.spatial == "l2", "loss.spatial", self.loss.spatial, "l2 for model.method=rmae (Eq. 8)")
+            _require(self.loss.freq_weight == 0, "loss.freq_weight", self.loss.freq_weight, "0 for model.method=rmae")
+            _require(not self.loss.norm_pix, "loss.norm_pix", self.loss.norm_pix, "false for model.method=rmae")
         _require(
             self.eval.cka_drop == "pixels" or is_vit(self.model.backbone),
             "eval.cka_drop",

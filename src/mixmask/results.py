@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from mixmask.config import is_vit
 
-METHOD_NAMES = {"a2mim": "A2MIM", "simmim": "SimMIM", "mae": "MAE", "mocov3": "MoCo v3"}
+METHOD_NAMES = {"a2mim": "A2MIM", "simmim": "SimMIM", "mae": "MAE", "rmae": "R-MAE", "mocov3": "MoCo v3"}
 
 
 class RecordError(ValueError):

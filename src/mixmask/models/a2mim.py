@@ -120,11 +120,23 @@ class A2MIM(nn.Module):
             features = features * (1 - m) + features * m * self.mask_gammas[key].to(features.dtype)
         return features + token * m
 
-    def forward(self, images: torch.Tensor, masks: MaskBatch) -> dict[str, torch.Tensor]:
-        """Loss terms and the prediction for a batch of normalised images and this step's masks."""
+    def predict(self, images: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
+        """The predicted image for normalised ``images`` with ``masks`` filled and tokenised (no loss)."""
         inputs = fill_masked(images, masks.pixels, self.fill)
         features = self.backbone(inputs, hook=lambda stage, z: self.insert_tokens(stage, z, masks))
-        prediction = self.decoder(self.backbone.feature_map(features))
+        return self.decoder(self.backbone.feature_map(features))
+
+    def untouched(self, masks: MaskBatch) -> list[nn.Parameter]:
+        """The tokens (and gammas) of stages no image uses with ``masks``: the loss adds them times zero (DDP
+        expects every parameter to get a gradient on every rank; the strategies' choice is the same on every rank,
+        so is this list), and the trainer leaves them and their optimizer state untouched this step."""
+        self.idle = [p for k, p in self.mask_tokens.items() if int(k) not in masks.stages]
+        self.idle += [p for k, p in self.mask_gammas.items() if int(k) not in masks.stages]
+        return self.idle
+
+    def forward(self, images: torch.Tensor, masks: MaskBatch) -> dict[str, torch.Tensor]:
+        """Loss terms and the prediction for a batch of normalised images and this step's masks."""
+        prediction = self.predict(images, masks)
 
         cfg = self.loss_cfg
         target = images.to(prediction.dtype)
@@ -138,10 +150,7 @@ class A2MIM(nn.Module):
             frequency = focal_frequency_loss(freq_in, target, alpha=cfg.freq_alpha, focal=cfg.freq_focal)
             loss = loss + cfg.freq_weight * frequency
             terms["loss_freq"] = frequency.detach()
-        # Tokens of stages no image used this step still take part (times zero): DDP expects every parameter to
-        # receive a gradient on every rank. The choice of strategies is the same on every rank, so is this list.
-        self.idle = [p for k, p in self.mask_tokens.items() if int(k) not in masks.stages]
-        self.idle += [p for k, p in self.mask_gammas.items() if int(k) not in masks.stages]
-        if self.idle:
-            loss = loss + sum(p.sum() for p in self.idle) * 0.0
+        idle = self.untouched(masks)
+        if idle:
+            loss = loss + sum(p.sum() for p in idle) * 0.0
         return {"loss": loss, **terms, "prediction": prediction}

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from mixmask.config import Config
+from mixmask.config import Config, is_vit
 from mixmask.masking import MixedMasker
 from mixmask.models.a2mim import A2MIM
 from mixmask.models.backbone import build_backbone
 from mixmask.models.mae import MAE
 from mixmask.models.mocov3 import MoCoV3
+from mixmask.models.rmae import RelaxedA2MIM, RelaxedMAE
 from mixmask.results import Method, Strategy
 
 
@@ -25,18 +26,20 @@ def build_pretrain_model(cfg: Config) -> tuple[nn.Module, MixedMasker | None]:
         return MoCoV3(backbone, cfg.model.mocov3), None
     if cfg.model.method == "mae":
         return MAE(backbone, cfg.model.mae, norm_pix=cfg.loss.norm_pix), MAE.masker(cfg, backbone)
-    masker = A2MIM.masker(cfg, backbone)  # A2MIM, and SimMIM at SimMIM's settings
-    model = A2MIM(
-        backbone,
-        masker.stages,
-        cfg.loss,
-        fill=cfg.masking.fill,
-        token_mode=cfg.model.token_mode,
-        gamma_init=cfg.model.token_gamma_init,
-        decoder=cfg.model.decoder,
-        token_lr_scale=cfg.optim.token_lr_scale,
-    )
-    return model, masker
+    if cfg.model.method == "rmae" and is_vit(cfg.model.backbone):
+        masker = MAE.masker(cfg, backbone)
+        return RelaxedMAE(backbone, cfg.model.mae, cfg.model.rmae, masker), masker
+    masker = A2MIM.masker(cfg, backbone)  # A2MIM, SimMIM at SimMIM's settings, R-MAE on a CNN
+    options = {
+        "fill": cfg.masking.fill,
+        "token_mode": cfg.model.token_mode,
+        "gamma_init": cfg.model.token_gamma_init,
+        "decoder": cfg.model.decoder,
+        "token_lr_scale": cfg.optim.token_lr_scale,
+    }
+    if cfg.model.method == "rmae":
+        return RelaxedA2MIM(backbone, masker, cfg.loss, cfg.model.rmae, **options), masker
+    return A2MIM(backbone, masker.stages, cfg.loss, **options), masker
 
 
 def describe(cfg: Config, model: nn.Module, masker: MixedMasker | None) -> Method:

@@ -223,11 +223,29 @@ class MAE(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- step
 
-    def forward(self, images: torch.Tensor, masks: MaskBatch) -> dict[str, torch.Tensor]:
-        """Loss (MSE on masked patches) and the predicted image for normalised ``images`` and this step's masks."""
+    def predict_patches(self, images: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
+        """The predicted pixels of every patch (B, N, patch * patch * 3), in fp32, for ``masks``."""
         mask, visible = self.patch_mask(masks, images.shape[0])
         latent, order = self.encode(images, mask, visible)
-        pred = self.decode(latent, order).float()
+        return self.decode(latent, order).float()
+
+    def predict(self, images: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
+        """The predicted image (B, 3, H, W), raw-pixel targets' space (R-MAE compares two branches' images)."""
+        return unpatchify(self.predict_patches(images, masks), self.patch_size, self.grid)
+
+    def untouched(self, masks: MaskBatch) -> list[nn.Parameter]:
+        """Trainable encoder parts MAE never runs (a pooling norm or attention pool): the loss adds them times zero,
+        as DDP expects every trainable parameter to get a gradient."""
+        return [
+            p
+            for name, p in self.backbone.model.named_parameters()
+            if p.requires_grad and name.split(".")[0] not in ENCODER_PARTS
+        ]
+
+    def forward(self, images: torch.Tensor, masks: MaskBatch) -> dict[str, torch.Tensor]:
+        """Loss (MSE on masked patches) and the predicted image for normalised ``images`` and this step's masks."""
+        pred = self.predict_patches(images, masks)  # checks the masks first
+        mask = masks.stages[0].flatten(1)
 
         target = patchify(images.float(), self.patch_size)
         if self.norm_pix:
@@ -238,13 +256,7 @@ class MAE(nn.Module):
 
         pixels = pred * std + mean if self.norm_pix else pred
         prediction = unpatchify(pixels, self.patch_size, self.grid)
-        # Encoder parts MAE never runs (a pooling norm or attention pool) still take part (times zero): DDP expects
-        # every trainable parameter to get a gradient.
-        unused = [
-            p
-            for name, p in self.backbone.model.named_parameters()
-            if p.requires_grad and name.split(".")[0] not in ENCODER_PARTS
-        ]
+        unused = self.untouched(masks)
         if unused:
             loss = loss + sum(p.sum() for p in unused) * 0.0
         return {"loss": loss, "loss_spatial": loss.detach(), "prediction": prediction}
