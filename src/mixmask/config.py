@@ -78,6 +78,12 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     num_workers: int | Literal["auto"] = "auto"
     strict: bool = False  # true: an unreadable image stops the run (default: skipped, counted, reported)
+    # few-image pretraining (occlusion-invariance paper, Tables 6-8): pretrain on `subset` training images only
+    # (0: all), classes in turn (ShapesX: the first ones; folders: a class-balanced pick by train.seed), each shown
+    # `repeat` times per epoch (auto: as often as keeps the epoch at the full training set's size). Pretraining
+    # only: finetuning uses the full labelled set (finetune.label_fraction for fewer labels).
+    subset: int = 0
+    repeat: int | Literal["auto"] = "auto"
     shapesx: ShapesXConfig = field(default_factory=ShapesXConfig)
 
     def check(self, where: str) -> None:
@@ -107,6 +113,8 @@ class DataConfig:
             self.num_workers,
             "'auto' or an integer >= 0",
         )
+        _require(self.subset >= 0, f"{where}.subset", self.subset, "an integer >= 0 (0: every training image)")
+        _require(self.repeat == "auto" or self.repeat >= 1, f"{where}.repeat", self.repeat, "'auto' or an integer >= 1")
         self.shapesx.check(f"{where}.shapesx")
 
 

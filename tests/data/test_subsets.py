@@ -2,7 +2,10 @@
 
 from collections import Counter
 
-from mixmask.data import label_fraction
+import pytest
+
+from mixmask.config import DataConfig
+from mixmask.data import DataError, Repeated, few_images, label_fraction, pretraining_subset
 from mixmask.data.shapesx import ShapesX
 
 
@@ -34,3 +37,47 @@ def test_a_capped_evaluation_covers_every_class():
     assert len(labels) == 600 and set(counts) == set(range(10)) and min(counts.values()) > 35
     again = [i for batch in eval_loader(val, DataConfig(num_workers=0), 600, 600) for i in batch.indices.tolist()]
     assert again == [i for batch in loader for i in batch.indices.tolist()]  # the same images for every model
+
+
+class Labelled:
+    """A data set of ``labels`` (class folders are sorted by class, so each class is one run of indices)."""
+
+    def __init__(self, labels):
+        self.labels, self.classes = list(labels), sorted(set(labels))
+
+    def __len__(self):
+        return len(self.labels)
+
+    def label(self, i):
+        return self.labels[i]
+
+    def file_name(self, i):
+        return f"{i}.png"
+
+    def __getitem__(self, i):
+        return f"image {i}", self.labels[i], i
+
+
+def test_few_images_take_the_classes_in_turn():
+    train = ShapesX("train", size=32, length=1000)
+    assert [few_images(train, 25, seed=0, in_order=True).indices] == [list(range(25))]  # ShapesX: its first ones
+    folders = Labelled([0] * 5 + [1] * 3 + [2] * 8)  # sorted class folders of unequal size
+    picked = few_images(folders, 10, seed=1)
+    counts = Counter(picked.label(i) for i in range(10))
+    assert counts == {0: 4, 1: 3, 2: 3} or counts == {0: 3, 1: 3, 2: 4}  # the small class runs out after 3
+    assert [picked.label(i) for i in range(3)] == [0, 1, 2]  # one of each class first
+    assert picked.indices == few_images(folders, 10, seed=1).indices  # the seed decides
+    assert few_images(folders, 10, seed=2).indices != picked.indices
+    assert len(few_images(folders, 1, seed=0)) == 1
+    with pytest.raises(DataError, match="data.subset=17, but the training split has only 16 images"):
+        few_images(folders, 17, seed=0)
+
+
+def test_a_pretraining_subset_keeps_the_epoch_at_the_full_size():
+    train = ShapesX("train", size=32, length=1000)
+    assert pretraining_subset(train, DataConfig(), seed=0) is train
+    one = pretraining_subset(train, DataConfig(subset=1), seed=0)
+    assert isinstance(one, Repeated) and len(one) == 1000 and {one[i][2] for i in (0, 1, 999)} == {0}
+    three = pretraining_subset(train, DataConfig(subset=3, repeat=5), seed=0)
+    assert len(three) == 15 and [three[i][1] for i in range(6)] == [0, 1, 2, 0, 1, 2]
+    assert len(pretraining_subset(train, DataConfig(subset=300), seed=0)) == 1200  # ceil(1000 / 300) = 4 times

@@ -77,6 +77,18 @@ def test_pretrain_cli_writes_a_complete_run_folder(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_one_image_pretrains_and_finetuning_refuses_the_subset(tmp_path, capsys):
+    """Few-image pretraining down to one image: repeated to fill the epoch, each repeat augmented afresh."""
+    run = tmp_path / "one"
+    one = [*TINY[:-1], "train.epochs=1", "data.subset=1", "masking.strategies=[{patch_size: 8, ratio: 0.6}]"]
+    assert main(["pretrain", *one, "--out", str(run)]) == 0
+    assert json.loads((run / "results.json").read_text())["steps"] == 6  # 192 samples of one image / 32
+    assert main(["pretrain", *one, "data.repeat=1", "--out", str(tmp_path / "too_few")]) == 2
+    assert "or a larger data.repeat" in capsys.readouterr().err
+    assert main(["finetune", *TINY[:5], "data.subset=1", "--out", str(tmp_path / "ft")]) == 2
+    assert "finetuning uses the full labelled set" in capsys.readouterr().err
+
+
 def test_bad_pairing_fails_before_any_compute(tmp_path, capsys):
     args = ["pretrain", *TINY, "masking.strategies=[{patch_size: 8, stage: 3}]", "--out", str(tmp_path / "r")]
     assert main(args) == 2

@@ -66,6 +66,7 @@ def test_expansion_builds_every_stage_config():
             "model.backbone='vit_tiny_p8'",
         ),
         ({"name": "nofile", "pretrain": "missing.yaml"}, "config file not found"),
+        ({"name": "few", "finetune": ["data.subset=8"]}, "variant 'few', finetune: config field `data.subset`"),
     ],
 )
 def test_a_bad_variant_fails_before_anything_runs(tmp_path, variant, message):

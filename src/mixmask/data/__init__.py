@@ -25,6 +25,7 @@ __all__ = [
     "collate",
     "eval_loader",
     "label_fraction",
+    "pretraining_subset",
     "resolve_num_workers",
 ]
 
@@ -87,6 +88,49 @@ def label_fraction(dataset: Dataset, fraction: float, seed: int) -> Dataset:
         members = np.flatnonzero(labels == label)
         keep.extend(rng.permutation(members)[: max(1, round(fraction * len(members)))].tolist())
     return LabelledSubset(dataset, sorted(keep))
+
+
+def few_images(dataset: Dataset, count: int, seed: int, in_order: bool = False) -> LabelledSubset:
+    """``count`` images taken from the classes in turn (a class that runs out is skipped): each class's images in a
+    random order drawn from ``seed``, or in index order with ``in_order`` (ShapesX, whose labels cycle, so the
+    pick is its first ``count`` images)."""
+    if count > len(dataset):
+        raise DataError(f"data.subset={count}, but the training split has only {len(dataset)} images")
+    labels = np.array([dataset.label(i) for i in range(len(dataset))])
+    rng = np.random.default_rng(seed)
+    queues = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    queues = [q if in_order else rng.permutation(q) for q in queues]
+    picked: list[int] = []
+    for depth in range(max(len(q) for q in queues)):
+        picked.extend(int(q[depth]) for q in queues if depth < len(q))
+        if len(picked) >= count:
+            break
+    return LabelledSubset(dataset, picked[:count])
+
+
+class Repeated(Dataset):
+    """Every image of ``dataset`` ``times`` times in a row of ``len(dataset) * times`` items (each item keeps its
+    own data-set index; the trainer draws each position's augmentation afresh)."""
+
+    def __init__(self, dataset: Dataset, times: int):
+        self.dataset, self.times = dataset, times
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times
+
+    def __getitem__(self, i: int):
+        return self.dataset[i % len(self.dataset)]
+
+
+def pretraining_subset(dataset: Dataset, cfg: DataConfig, seed: int) -> Dataset:
+    """``data.subset`` images of the training split, repeated ``data.repeat`` times (``auto``: enough to keep the
+    epoch at the full split's size); the split itself without a subset."""
+    if not cfg.subset:
+        return dataset
+    chosen = few_images(dataset, cfg.subset, seed, in_order=cfg.dataset == "shapesx")
+    times = -(-len(dataset) // cfg.subset) if cfg.repeat == "auto" else cfg.repeat
+    return Repeated(chosen, times)
 
 
 def resolve_num_workers(value: int | str) -> int:

@@ -99,6 +99,7 @@ def make_loader(dataset: Dataset, cfg: Config, dist: Dist) -> tuple[DataLoader, 
         raise ConfigError(
             f"config field `train.batch_size`: got {train.batch_size}, but {len(dataset)} images cannot fill "
             f"{train.accum_steps} batch(es) of it on each of {dist.world} process(es); use a smaller batch"
+            + (" or a larger data.repeat" if cfg.data.subset else "")
         )
     loader = DataLoader(
         SeededAugmentation(dataset, cfg.train.seed),

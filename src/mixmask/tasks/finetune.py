@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mixmask.config import Config
+from mixmask.config import Config, ConfigError
 from mixmask.data import build_dataset, eval_loader, label_fraction
 from mixmask.data.transforms import eval_transform_for, train_transform
 from mixmask.engine import distributed
@@ -89,9 +89,19 @@ def trained_method(cfg: Config) -> Method:
     return supervised(cfg)
 
 
+def check_labelled_set(cfg: Config) -> None:
+    """Finetuning reads the full labelled set: ``data.subset`` (few-image pretraining) is refused in its config."""
+    if cfg.data.subset:
+        raise ConfigError(
+            f"config field `data.subset`: got {cfg.data.subset}; it picks the images of pretraining, and finetuning "
+            "uses the full labelled set (finetune.label_fraction for fewer labels)"
+        )
+
+
 def training_set(cfg: Config) -> Dataset:
     """The labelled training images with the finetuning augmentation (``finetune.label_fraction`` of them)."""
     data = cfg.data
+    check_labelled_set(cfg)
     transform = train_transform(
         data.image_size, tuple(data.finetune_scale), hflip=data.hflip, mean=data.mean, std=data.std
     )

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mixmask.config import Config
-from mixmask.data import build_dataset
+from mixmask.data import build_dataset, pretraining_subset
 from mixmask.data.transforms import eval_transform_for, train_transform, two_view_transform
 from mixmask.engine import distributed
 from mixmask.engine.distributed import Dist
@@ -39,7 +39,7 @@ def training_set(cfg: Config, two_views: bool) -> Dataset:
     transform = make_transform(
         data.image_size, tuple(data.pretrain_scale), hflip=data.hflip, mean=data.mean, std=data.std
     )
-    return build_dataset(data, "train", transform)
+    return pretraining_subset(build_dataset(data, "train", transform), data, cfg.train.seed)
 
 
 def step_function(

@@ -136,6 +136,7 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
     """Read and check a sweep: every variant's stage configs are built and validated (masking pairings included)
     before anything runs. Give a file, or ``data`` (an inline sweep; paths in it are relative to the cwd)."""
     from mixmask.models.factory import build_pretrain_model
+    from mixmask.tasks.finetune import check_labelled_set
 
     folder = Path(path).parent if path else Path.cwd()
     if data is None:
@@ -213,6 +214,11 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
                 build_pretrain_model(variant.configs["pretrain"])  # the patch/stage pairing rule needs the backbone
             except ConfigError as error:
                 raise _error(f"{where}, pretrain", str(error)) from None
+        if "finetune" in stages:
+            try:
+                check_labelled_set(variant.configs["finetune"])
+            except ConfigError as error:
+                raise _error(f"{where}, finetune", str(error)) from None
         if "pretrain" in stages and "finetune" in stages:  # the finetuned network must be the pretrained one
             pre, fine = variant.configs["pretrain"], variant.configs["finetune"]
             for field_name, a, b in (
