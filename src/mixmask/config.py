@@ -84,6 +84,12 @@ class DataConfig:
     # only: finetuning uses the full labelled set (finetune.label_fraction for fewer labels).
     subset: int = 0
     repeat: int | Literal["auto"] = "auto"
+    # augmentations of a masked-image model's input only, its target staying the clean crop (occlusion-invariance
+    # supplement A): self_cutmix, color_jitter (SimSiam's), patch_mask (input_mask_ratio of the cells of
+    # input_mask_patch pixels at 224 px, scaled with the input, black)
+    input_augment: list[Literal["self_cutmix", "color_jitter", "patch_mask"]] = field(default_factory=list)
+    input_mask_ratio: float = 0.75
+    input_mask_patch: int = 16
     shapesx: ShapesXConfig = field(default_factory=ShapesXConfig)
 
     def check(self, where: str) -> None:
@@ -113,6 +119,16 @@ class DataConfig:
             self.num_workers,
             "'auto' or an integer >= 0",
         )
+        _require(
+            len(set(self.input_augment)) == len(self.input_augment),
+            f"{where}.input_augment",
+            self.input_augment,
+            "self_cutmix, color_jitter and/or patch_mask, once each",
+        )
+        _require(
+            0 < self.input_mask_ratio < 1, f"{where}.input_mask_ratio", self.input_mask_ratio, "a fraction in (0, 1)"
+        )
+        _require(self.input_mask_patch >= 1, f"{where}.input_mask_patch", self.input_mask_patch, "an integer >= 1")
         _require(self.subset >= 0, f"{where}.subset", self.subset, "an integer >= 0 (0: every training image)")
         _require(self.repeat == "auto" or self.repeat >= 1, f"{where}.repeat", self.repeat, "'auto' or an integer >= 1")
         self.shapesx.check(f"{where}.shapesx")
@@ -484,6 +500,12 @@ class Config:
     def check(self) -> None:
         for section in dataclasses.fields(self):
             getattr(self, section.name).check(section.name)
+        _require(
+            not (self.data.input_augment and self.model.method == "mocov3"),
+            "data.input_augment",
+            self.data.input_augment,
+            "[] for model.method=mocov3 (its two views have their own augmentations)",
+        )
         if self.model.method == "rmae":  # R-MAE's Eq. 8 is its loss: squared errors, no other term
             _require(self.loss.spatial == "l2", "loss.spatial", self.loss.spatial, "l2 for model.method=rmae (Eq. 8)")
             _require(self.loss.freq_weight == 0, "loss.freq_weight", self.loss.freq_weight, "0 for model.method=rmae")

@@ -10,6 +10,7 @@ from mixmask.data.transforms import (
     denormalize,
     eval_transform,
     eval_transform_for,
+    input_augment_transform,
     train_transform,
 )
 
@@ -121,3 +122,30 @@ def test_denormalize_inverts_normalize_and_clamps():
     assert denormalize(torch.full((3, 2, 2), 10.0)).eq(1).all()
     assert torch.allclose(denormalize(torch.zeros(3, 1, 1), [0.5] * 3, [2.0] * 3), torch.full((3, 1, 1), 0.5))
     assert torch.equal(denormalize(normalized.bfloat16()), denormalize(normalized.bfloat16().float()))  # in float32
+
+
+def test_input_augmentations_change_only_the_input():
+    """(clean, augmented) of one crop: patch masking blacks out exactly ceil(0.75 * cells) cells, self-cutmix
+    changes one square box, colour jitter keeps where things are; the clean crop is the plain pretraining crop."""
+    image = coordinate_image()
+    torch.manual_seed(3)
+    pair = input_augment_transform(32, (0.8, 1.0), ["patch_mask"], 0.75, 8, **NO_NORM)(image)
+    clean, masked = pair
+    assert pair.shape == (2, 3, 32, 32)
+    black = (masked == 0).all(0).view(4, 8, 4, 8).all(3).all(1)  # 4x4 cells of 8 px
+    assert int(black.sum()) == 12 and torch.equal(masked[:, ~black.repeat_interleave(8, 0).repeat_interleave(8, 1)],
+                                                   clean[:, ~black.repeat_interleave(8, 0).repeat_interleave(8, 1)])  # fmt: skip
+    torch.manual_seed(3)
+    assert torch.equal(train_transform(32, (0.8, 1.0), **NO_NORM)(image), clean)  # the same crop and flip
+
+    torch.manual_seed(4)
+    clean, pasted = input_augment_transform(32, (0.8, 1.0), ["self_cutmix"], **NO_NORM)(image)
+    changed = (clean != pasted).any(0)
+    rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+    assert 0 < changed.sum() <= 16 * 16 and rows.max() - rows.min() < 16 and cols.max() - cols.min() < 16
+
+    torch.manual_seed(5)
+    pairs = [input_augment_transform(32, (0.8, 1.0), ["color_jitter"], **NO_NORM)(image) for _ in range(10)]
+    assert any(not torch.equal(a, b) for a, b in pairs)
+    for _, jittered in pairs:  # colour changes, geometry does not: the red ramp still rises along x
+        assert (jittered.mean(0).diff(dim=1) >= -0.05).float().mean() > 0.9

@@ -103,6 +103,20 @@ def test_backbone_forward_visible_is_what_the_mae_encoder_computes():
     assert [s.shape for s in stages] == [torch.Size([4, 4, 48])] * 3
 
 
+def test_augmented_inputs_are_seen_and_the_clean_images_are_the_target():
+    model = tiny_mae().eval()
+    images, inputs = torch.randn(4, 3, SIZE, SIZE), torch.randn(4, 3, SIZE, SIZE)
+    masks = make_masks(model)
+    with torch.no_grad():
+        out = model(images, masks, inputs=inputs)
+        pred = model.predict_patches(inputs, masks)
+    per_patch = ((pred - patchify(images, PATCH)) ** 2).mean(-1)
+    mask = masks.stages[0].flatten(1)
+    torch.testing.assert_close(out["loss"], per_patch[mask].mean())
+    with torch.no_grad():
+        assert not torch.allclose(model(images, masks)["loss"], out["loss"])
+
+
 def test_patchify_order_is_row_major_patches_of_row_column_channel_pixels():
     images = torch.randn(2, 3, SIZE, SIZE)
     patches = patchify(images, PATCH)

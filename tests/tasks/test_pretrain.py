@@ -89,6 +89,18 @@ def test_one_image_pretrains_and_finetuning_refuses_the_subset(tmp_path, capsys)
     assert "finetuning uses the full labelled set" in capsys.readouterr().err
 
 
+def test_input_augmentations_pretrain_and_are_refused_where_they_mean_nothing(tmp_path, capsys):
+    run = tmp_path / "augmented"
+    augmented = [*TINY[:-1], "train.epochs=1", "masking.strategies=[{patch_size: 8, ratio: 0.6}]"]
+    augmented += ["data.input_augment=[patch_mask, self_cutmix, color_jitter]"]
+    assert main(["pretrain", *augmented, "--out", str(run)]) == 0
+    assert json.loads((run / "results.json").read_text())["steps"] == 6
+    assert main(["pretrain", *augmented, "model.method=mocov3", "--out", str(tmp_path / "moco")]) == 2
+    assert "[] for model.method=mocov3" in capsys.readouterr().err
+    assert main(["finetune", *TINY[:5], "data.input_augment=[color_jitter]", "--out", str(tmp_path / "ft")]) == 2
+    assert "finetuning has its own augmentation" in capsys.readouterr().err
+
+
 def test_bad_pairing_fails_before_any_compute(tmp_path, capsys):
     args = ["pretrain", *TINY, "masking.strategies=[{patch_size: 8, stage: 3}]", "--out", str(tmp_path / "r")]
     assert main(args) == 2

@@ -2,8 +2,9 @@
 
 Training crops at the config's scale: pretraining gently (RandomResizedCrop scale 0.8-1, as A2MIM), finetuning hard
 (0.08-1, the usual ImageNet recipe); evaluation resizes the shorter side to ``size / crop_pct`` and centre-crops;
-MoCo v3 takes two asymmetrically augmented views of each image (``two_view_transform``). Sizes and scales come from
-the config. Randomness comes from torch's global generator, so ``torch.manual_seed`` fixes it.
+MoCo v3 takes two asymmetrically augmented views of each image (``two_view_transform``); ``data.input_augment`` adds
+augmentations to a masked-image model's input only (``input_augment_transform``). Sizes and scales come from the
+config. Randomness comes from torch's global generator, so ``torch.manual_seed`` fixes it.
 """
 
 from __future__ import annotations
@@ -152,3 +153,83 @@ def two_view_transform(
         return train_transform(size, scale, ratio, hflip, mean, std, colour)
 
     return _TwoViews(view(blur_p=1.0, solarize_p=0.0), view(blur_p=0.1, solarize_p=0.2))
+
+
+class _SelfCutMix:
+    """Self-cutmix (occlusion-invariance supplement A): a random square crop of the image (side 25-100 % of the
+    shorter side) resized (bilinear) to a square box (side 25-50 %) and pasted at a random place in the same image.
+    The paper gives no sizes: these are ours."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        side = min(width, height)
+        crop = max(1, round(torch.empty(1).uniform_(0.25, 1.0).item() * side))
+        box = max(1, round(torch.empty(1).uniform_(0.25, 0.5).item() * side))
+        x, y = (int(torch.randint(0, n - crop + 1, ())) for n in (width, height))
+        patch = image.crop((x, y, x + crop, y + crop)).resize((box, box), Image.Resampling.BILINEAR)
+        out = image.copy()
+        out.paste(patch, tuple(int(torch.randint(0, n - box + 1, ())) for n in (width, height)))
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class _PatchMask:
+    """Blacks out ``ceil(ratio * cells)`` cells of a grid of ``patch``-pixel squares (the last row and column
+    cropped to the image), on a [0, 1] tensor before Normalize."""
+
+    def __init__(self, ratio: float, patch: int):
+        self.ratio, self.patch = ratio, patch
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        height, width = tensor.shape[-2:]
+        rows, cols = -(-height // self.patch), -(-width // self.patch)
+        cells = torch.zeros(rows * cols, dtype=torch.bool)
+        cells[torch.randperm(rows * cols)[: math.ceil(self.ratio * rows * cols)]] = True
+        pixels = cells.view(rows, cols).repeat_interleave(self.patch, 0).repeat_interleave(self.patch, 1)
+        return tensor.masked_fill(pixels[:height, :width], 0.0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(ratio={self.ratio}, patch={self.patch})"
+
+
+class _CleanAndAugmented:
+    """One crop of the image, returned clean and with the input augmentations: (2, 3, size, size)."""
+
+    def __init__(self, crop: T.Compose, pil_steps: list, tensor_steps: list, normalize: T.Normalize):
+        self.crop, self.pil_steps, self.tensor_steps, self.normalize = crop, pil_steps, tensor_steps, normalize
+
+    def __call__(self, image) -> torch.Tensor:
+        base = self.crop(image)
+        augmented = T.ToTensor()(T.Compose(self.pil_steps)(base) if self.pil_steps else base)
+        for step in self.tensor_steps:
+            augmented = step(augmented)
+        return torch.stack([self.normalize(T.ToTensor()(base)), self.normalize(augmented)])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(crop={self.crop}, input steps={self.pil_steps + self.tensor_steps})"
+
+
+def input_augment_transform(
+    size: int,
+    scale: Sequence[float],
+    augment: Sequence[str],
+    mask_ratio: float = 0.75,
+    mask_patch: int = 16,
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> _CleanAndAugmented:
+    """The pretraining crop (RandomResizedCrop at ``scale``, flip), returned as (clean, augmented): the model's
+    target and its input. ``augment`` (any of, applied in this order): ``self_cutmix``; ``color_jitter``, SimSiam's
+    colour augmentation (ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale with p 0.2); ``patch_mask``,
+    ``mask_ratio`` of the ``mask_patch``-pixel cells black."""
+    _check(size, scale, (3 / 4, 4 / 3))
+    crop = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=T.InterpolationMode.BILINEAR)]
+    crop += [T.RandomHorizontalFlip()] if hflip else []
+    pil_steps: list = [_SelfCutMix()] if "self_cutmix" in augment else []
+    if "color_jitter" in augment:
+        pil_steps += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
+    tensor_steps = [_PatchMask(mask_ratio, mask_patch)] if "patch_mask" in augment else []
+    return _CleanAndAugmented(T.Compose(crop), pil_steps, tensor_steps, T.Normalize(mean, std))

@@ -134,9 +134,12 @@ class A2MIM(nn.Module):
         self.idle += [p for k, p in self.mask_gammas.items() if int(k) not in masks.stages]
         return self.idle
 
-    def forward(self, images: torch.Tensor, masks: MaskBatch) -> dict[str, torch.Tensor]:
-        """Loss terms and the prediction for a batch of normalised images and this step's masks."""
-        prediction = self.predict(images, masks)
+    def forward(
+        self, images: torch.Tensor, masks: MaskBatch, inputs: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms and the prediction for a batch of normalised images and this step's masks; ``inputs`` (the
+        images with ``data.input_augment``) is what the network sees when given, ``images`` stay the target."""
+        prediction = self.predict(images if inputs is None else inputs, masks)
 
         cfg = self.loss_cfg
         target = images.to(prediction.dtype)

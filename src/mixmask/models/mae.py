@@ -242,9 +242,13 @@ class MAE(nn.Module):
             if p.requires_grad and name.split(".")[0] not in ENCODER_PARTS
         ]
 
-    def forward(self, images: torch.Tensor, masks: MaskBatch) -> dict[str, torch.Tensor]:
-        """Loss (MSE on masked patches) and the predicted image for normalised ``images`` and this step's masks."""
-        pred = self.predict_patches(images, masks)  # checks the masks first
+    def forward(
+        self, images: torch.Tensor, masks: MaskBatch, inputs: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Loss (MSE on masked patches) and the predicted image for normalised ``images`` and this step's masks;
+        ``inputs`` (the images with ``data.input_augment``) is what the encoder sees when given, ``images`` stay the
+        target."""
+        pred = self.predict_patches(images if inputs is None else inputs, masks)  # checks the masks first
         mask = masks.stages[0].flatten(1)
 
         target = patchify(images.float(), self.patch_size)

@@ -79,11 +79,15 @@ class _Relaxed:
             return unmasked(masks)
         return self.second.masks_for(masks.strategy.cpu(), image_size, device=masks.pixels.device)
 
-    def forward(self, images: torch.Tensor, masks: MaskBatch) -> dict[str, torch.Tensor]:
-        """Eq. 8's two terms and branch 1's prediction, for normalised ``images`` and branch 1's ``masks``."""
+    def forward(
+        self, images: torch.Tensor, masks: MaskBatch, inputs: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Eq. 8's two terms and branch 1's prediction, for normalised ``images`` and branch 1's ``masks``; both
+        branches see ``inputs`` (the images with ``data.input_augment``) when given, ``x`` stays ``images``."""
+        seen = images if inputs is None else inputs
         second = self.branch_two(masks, images.shape[-1])
-        first_prediction = self.predict(images, masks).float()
-        second_prediction = self.predict(images, second).float()
+        first_prediction = self.predict(seen, masks).float()
+        second_prediction = self.predict(seen, second).float()
         region = (masks.pixels & ~second.pixels)[:, None].float()  # branch 1 does not see it, branch 2 does
         covered = (region.sum() * images.shape[1]).clamp(min=1)
 

@@ -89,19 +89,25 @@ def trained_method(cfg: Config) -> Method:
     return supervised(cfg)
 
 
-def check_labelled_set(cfg: Config) -> None:
-    """Finetuning reads the full labelled set: ``data.subset`` (few-image pretraining) is refused in its config."""
+def check_finetune_data(cfg: Config) -> None:
+    """The pretraining-only data fields are refused in a finetuning config: finetuning reads the full labelled set
+    (not ``data.subset``) with its own augmentation (not ``data.input_augment``)."""
     if cfg.data.subset:
         raise ConfigError(
             f"config field `data.subset`: got {cfg.data.subset}; it picks the images of pretraining, and finetuning "
             "uses the full labelled set (finetune.label_fraction for fewer labels)"
+        )
+    if cfg.data.input_augment:
+        raise ConfigError(
+            f"config field `data.input_augment`: got {cfg.data.input_augment}; it augments a masked-image model's "
+            "input in pretraining, and finetuning has its own augmentation"
         )
 
 
 def training_set(cfg: Config) -> Dataset:
     """The labelled training images with the finetuning augmentation (``finetune.label_fraction`` of them)."""
     data = cfg.data
-    check_labelled_set(cfg)
+    check_finetune_data(cfg)
     transform = train_transform(
         data.image_size, tuple(data.finetune_scale), hflip=data.hflip, mean=data.mean, std=data.std
     )

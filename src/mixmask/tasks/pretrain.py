@@ -10,11 +10,12 @@ from torch.utils.data import Dataset
 
 from mixmask.config import Config
 from mixmask.data import build_dataset, pretraining_subset
-from mixmask.data.transforms import eval_transform_for, train_transform, two_view_transform
+from mixmask.data.transforms import eval_transform_for, input_augment_transform, train_transform, two_view_transform
 from mixmask.engine import distributed
 from mixmask.engine.distributed import Dist
 from mixmask.engine.run_dir import open_run_dir, write_json
 from mixmask.engine.trainer import EpochSampler, StepFn, fit
+from mixmask.evaluation.occlusion import patch_size_for
 from mixmask.evaluation.reconstruction import reconstruct
 from mixmask.masking import MixedMasker
 from mixmask.models.factory import build_pretrain_model, describe
@@ -35,10 +36,15 @@ def reconstruction_images(cfg: Config, count: int = 8) -> torch.Tensor:
 def training_set(cfg: Config, two_views: bool) -> Dataset:
     """The training images with the method's augmentation (two views per image for a two-view method)."""
     data = cfg.data
-    make_transform = two_view_transform if two_views else train_transform
-    transform = make_transform(
-        data.image_size, tuple(data.pretrain_scale), hflip=data.hflip, mean=data.mean, std=data.std
-    )
+    scale = tuple(data.pretrain_scale)
+    if data.input_augment:  # (clean target, augmented input) per image
+        patch = patch_size_for(data.image_size, data.input_mask_patch)
+        transform = input_augment_transform(
+            data.image_size, scale, data.input_augment, data.input_mask_ratio, patch, data.hflip, data.mean, data.std
+        )
+    else:
+        make_transform = two_view_transform if two_views else train_transform
+        transform = make_transform(data.image_size, scale, hflip=data.hflip, mean=data.mean, std=data.std)
     return pretraining_subset(build_dataset(data, "train", transform), data, cfg.train.seed)
 
 
@@ -59,6 +65,8 @@ def step_function(
             (train.seed * 1_000_003 + micro_step) * 1_009 + dist.rank
         )
         masks = masker(micro_step, len(batch), cfg.data.image_size, generator=generator)
+        if cfg.data.input_augment:  # the clean crop is the target, its augmented copy the input
+            return net(batch.images[:, 0], masks, inputs=batch.images[:, 1])
         return net(batch.images, masks)
 
     return step_fn

@@ -136,7 +136,7 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
     """Read and check a sweep: every variant's stage configs are built and validated (masking pairings included)
     before anything runs. Give a file, or ``data`` (an inline sweep; paths in it are relative to the cwd)."""
     from mixmask.models.factory import build_pretrain_model
-    from mixmask.tasks.finetune import check_labelled_set
+    from mixmask.tasks.finetune import check_finetune_data
 
     folder = Path(path).parent if path else Path.cwd()
     if data is None:
@@ -216,7 +216,7 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
                 raise _error(f"{where}, pretrain", str(error)) from None
         if "finetune" in stages:
             try:
-                check_labelled_set(variant.configs["finetune"])
+                check_finetune_data(variant.configs["finetune"])
             except ConfigError as error:
                 raise _error(f"{where}, finetune", str(error)) from None
         if "pretrain" in stages and "finetune" in stages:  # the finetuned network must be the pretrained one
