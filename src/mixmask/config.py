@@ -187,6 +187,30 @@ class RMAEConfig:
         _require(0 < self.branch2_ratio < 1, f"{where}.branch2_ratio", self.branch2_ratio, "a fraction in (0, 1)")
 
 
+@dataclass
+class CMAEConfig:
+    """C-MAE, the contrastive MAE of the occlusion-invariance paper (Eqs. 9-11): an online encoder sees the visible
+    patches, an EMA target encoder their complement, and s = cos(q(p(z)), p'(z')) is trained by InfoNCE."""
+
+    hidden_dim: int = 2048  # projector and predictor: 2-layer GELU MLPs (the paper's ViT-B sizes)
+    out_dim: int = 768
+    mlp_bn: bool = False  # BatchNorm after the MLPs' hidden layer (unspecified in the paper)
+    temperature: float = 0.2
+    loss: Literal["infonce", "byol"] = "infonce"  # byol: the normalised L2, 2 - 2 cos
+    level: Literal["token", "instance"] = "token"  # per patch token (CNN: per position), or per image
+    instance_pool: Literal["cls", "mean"] = "cls"  # a ViT's image: its class token or its patch tokens' mean
+    negatives: Literal["image", "batch"] = "image"  # per-token InfoNCE: the other tokens of the image, or of the batch
+    symmetric: bool = False  # also the swapped pair: online on the complement, target on the visible patches
+    momentum: float = 0.996  # the target encoder's EMA coefficient
+    momentum_schedule: Literal["constant", "cosine"] = "constant"  # cosine: from momentum up to 1 over training
+
+    def check(self, where: str) -> None:
+        for name in ("hidden_dim", "out_dim"):
+            _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
+        _require(self.temperature > 0, f"{where}.temperature", self.temperature, "a positive number")
+        _require(0 <= self.momentum <= 1, f"{where}.momentum", self.momentum, "a number in [0, 1]")
+
+
 # Backbones run as Vision Transformers (timm VisionTransformer); everything else is run stage by stage as a CNN.
 VIT_PREFIXES = ("vit_", "deit_", "deit3_")
 
@@ -204,10 +228,11 @@ class ModelConfig:
     simmim: zero fill, token replaces the features at stage 0, L1, no frequency loss;
     mae (ViT): the encoder sees visible patches only, MSE on masked patches; mocov3: two views, no masking;
     rmae: R-MAE's two complementary branches, on a ViT as MAE (visible tokens only), on a CNN as A2MIM (mean fill and
-    token), its own squared-error loss (no frequency term).
+    token), its own squared-error loss (no frequency term); cmae: C-MAE's online and EMA target encoders on
+    complementary masks, zero fill and a token replacing the masked patches (SimMIM style; none: a ViT drops them).
     """
 
-    method: Literal["a2mim", "simmim", "mocov3", "mae", "rmae"] = "a2mim"
+    method: Literal["a2mim", "simmim", "mocov3", "mae", "rmae", "cmae"] = "a2mim"
     backbone: str = "resnet_tiny"
     token_mode: Literal["auto", "add", "replace", "none"] = "auto"  # add: z + T * D(M); replace: SimMIM; none: no token
     token_gamma_init: float = 0.0  # > 0: the official "init" variant's learnable gamma on masked features
@@ -216,6 +241,7 @@ class ModelConfig:
     mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
     mae: MAEConfig = field(default_factory=MAEConfig)
     rmae: RMAEConfig = field(default_factory=RMAEConfig)
+    cmae: CMAEConfig = field(default_factory=CMAEConfig)
 
     def check(self, where: str) -> None:
         _require(bool(self.backbone), f"{where}.backbone", self.backbone, "a timm model name or a preset")
@@ -230,6 +256,7 @@ class ModelConfig:
         self.mocov3.check(f"{where}.mocov3")
         self.mae.check(f"{where}.mae")
         self.rmae.check(f"{where}.rmae")
+        self.cmae.check(f"{where}.cmae")
 
 
 @dataclass
@@ -481,6 +508,7 @@ class Config:
             "simmim": {"fill": "zero", "token_mode": "replace", "spatial": "l1"},
             "mae": {"fill": "none", "token_mode": "none", "spatial": "l2"},
             "mocov3": {"fill": "none", "token_mode": "none", "spatial": "l1"},
+            "cmae": {"fill": "zero", "token_mode": "replace", "spatial": "l2"},
             "rmae": {"fill": "none", "token_mode": "none", "spatial": "l2"}
             if vit
             else {"fill": "mean", "token_mode": "add", "spatial": "l2"},
@@ -500,6 +528,20 @@ class Config:
     def check(self) -> None:
         for section in dataclasses.fields(self):
             getattr(self, section.name).check(section.name)
+        vit = is_vit(self.model.backbone)
+        if self.model.method == "cmae":
+            _require(
+                self.model.token_mode in ("replace", "none"),
+                "model.token_mode",
+                self.model.token_mode,
+                "replace or none for model.method=cmae (SimMIM-style token, or none)",
+            )
+            _require(
+                self.model.token_mode == "replace" or self.model.cmae.level == "instance" or not vit,
+                "model.cmae.level",
+                self.model.cmae.level,
+                "instance when a ViT drops its masked tokens (model.token_mode=none): the views share no token",
+            )
         _require(
             not (self.data.input_augment and self.model.method == "mocov3"),
             "data.input_augment",

@@ -158,6 +158,19 @@ class MaskBatch:
     stages: dict[int, torch.Tensor]  # stage -> (B, h_s, w_s) bool; False for images of other strategies
 
 
+def complement(masks: MaskBatch) -> MaskBatch:
+    """Masks that hide exactly what ``masks`` shows: pixels inverted; on each stage grid, inverted for the images
+    whose strategy masks at that stage (the others have no cell masked there and stay unmasked)."""
+    stages = {s: m ^ m.flatten(1).any(dim=1)[:, None, None] for s, m in masks.stages.items()}
+    return MaskBatch(masks.strategy, ~masks.pixels, stages)
+
+
+def unmasked(masks: MaskBatch) -> MaskBatch:
+    """Masks that hide nothing, on the same grids."""
+    stages = {s: torch.zeros_like(m) for s, m in masks.stages.items()}
+    return MaskBatch(masks.strategy, torch.zeros_like(masks.pixels), stages)
+
+
 class MixedMasker:
     """Draws each step's masks from one or several strategies; see the module docstring."""
 

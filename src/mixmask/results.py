@@ -26,7 +26,14 @@ from typing import Any, ClassVar
 
 from mixmask.config import is_vit
 
-METHOD_NAMES = {"a2mim": "A2MIM", "simmim": "SimMIM", "mae": "MAE", "rmae": "R-MAE", "mocov3": "MoCo v3"}
+METHOD_NAMES = {
+    "a2mim": "A2MIM",
+    "simmim": "SimMIM",
+    "mae": "MAE",
+    "rmae": "R-MAE",
+    "cmae": "C-MAE",
+    "mocov3": "MoCo v3",
+}
 
 
 class RecordError(ValueError):
@@ -104,7 +111,7 @@ class Method:
                 return f"none (init: {Path(self.init).name})"
             return f"none (scratch, {self.backbone})" if self.vit else "none (scratch)"
         method = self.method_label()
-        if self.two_views:
+        if self.two_views and not self.strategies:
             return f"{method}: two views, no mask"
         if len(self.strategies) == 1:
             masking = self.strategies[0].label(with_stage=self.token)

@@ -9,10 +9,10 @@ import torch
 
 from mixmask.cli import main
 from mixmask.config import ConfigError, load_config
-from mixmask.masking import MaskBatch
+from mixmask.masking import MaskBatch, complement
 from mixmask.models.classifier import Classifier, load_backbone_weights
 from mixmask.models.factory import build_pretrain_model, describe
-from mixmask.models.rmae import RelaxedA2MIM, RelaxedMAE, complement
+from mixmask.models.rmae import RelaxedA2MIM, RelaxedMAE
 
 ROOT = Path(__file__).resolve().parents[2]
 VIT = ["model.backbone=vit_tiny_p8", "model.mae={decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}"]

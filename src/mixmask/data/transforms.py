@@ -194,21 +194,28 @@ class _PatchMask:
         return f"{type(self).__name__}(ratio={self.ratio}, patch={self.patch})"
 
 
-class _CleanAndAugmented:
-    """One crop of the image, returned clean and with the input augmentations: (2, 3, size, size)."""
+def _simsiam_colour() -> list:
+    """SimSiam's colour augmentation: ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale with p 0.2."""
+    return [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
 
-    def __init__(self, crop: T.Compose, pil_steps: list, tensor_steps: list, normalize: T.Normalize):
-        self.crop, self.pil_steps, self.tensor_steps, self.normalize = crop, pil_steps, tensor_steps, normalize
 
-    def __call__(self, image) -> torch.Tensor:
-        base = self.crop(image)
-        augmented = T.ToTensor()(T.Compose(self.pil_steps)(base) if self.pil_steps else base)
-        for step in self.tensor_steps:
-            augmented = step(augmented)
-        return torch.stack([self.normalize(T.ToTensor()(base)), self.normalize(augmented)])
+def _one_crop(size: int, scale: Sequence[float], hflip: bool) -> list:
+    _check(size, scale, (3 / 4, 4 / 3))
+    crop = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=T.InterpolationMode.BILINEAR)]
+    return crop + ([T.RandomHorizontalFlip()] if hflip else [])
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(crop={self.crop}, input steps={self.pil_steps + self.tensor_steps})"
+
+def _copy(pil_steps: list, tensor_steps: list, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+    """One copy of the crop: PIL steps, ToTensor, steps on the [0, 1] tensor, Normalize."""
+    return T.Compose([*pil_steps, T.ToTensor(), *tensor_steps, T.Normalize(mean, std)])
+
+
+def _input_steps(augment: Sequence[str], mask_ratio: float, mask_patch: int, colour: bool = True):
+    """``data.input_augment``'s steps, in this order: self-cutmix, colour (if ``colour``), black patches."""
+    pil_steps = ([_SelfCutMix()] if "self_cutmix" in augment else []) + (
+        _simsiam_colour() if colour and "color_jitter" in augment else []
+    )
+    return pil_steps, [_PatchMask(mask_ratio, mask_patch)] if "patch_mask" in augment else []
 
 
 def input_augment_transform(
@@ -220,16 +227,29 @@ def input_augment_transform(
     hflip: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-) -> _CleanAndAugmented:
+) -> T.Compose:
     """The pretraining crop (RandomResizedCrop at ``scale``, flip), returned as (clean, augmented): the model's
-    target and its input. ``augment`` (any of, applied in this order): ``self_cutmix``; ``color_jitter``, SimSiam's
-    colour augmentation (ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale with p 0.2); ``patch_mask``,
-    ``mask_ratio`` of the ``mask_patch``-pixel cells black."""
-    _check(size, scale, (3 / 4, 4 / 3))
-    crop = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=T.InterpolationMode.BILINEAR)]
-    crop += [T.RandomHorizontalFlip()] if hflip else []
-    pil_steps: list = [_SelfCutMix()] if "self_cutmix" in augment else []
-    if "color_jitter" in augment:
-        pil_steps += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
-    tensor_steps = [_PatchMask(mask_ratio, mask_patch)] if "patch_mask" in augment else []
-    return _CleanAndAugmented(T.Compose(crop), pil_steps, tensor_steps, T.Normalize(mean, std))
+    target and its input, (2, 3, size, size). ``augment`` (any of, applied in this order): ``self_cutmix``;
+    ``color_jitter``, SimSiam's colour augmentation (ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale with
+    p 0.2); ``patch_mask``, ``mask_ratio`` of the ``mask_patch``-pixel cells black."""
+    augmented = _copy(*_input_steps(augment, mask_ratio, mask_patch), mean, std)
+    return T.Compose([*_one_crop(size, scale, hflip), _TwoViews(_copy([], [], mean, std), augmented)])
+
+
+def complementary_views_transform(
+    size: int,
+    scale: Sequence[float],
+    augment: Sequence[str] = (),
+    mask_ratio: float = 0.75,
+    mask_patch: int = 16,
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> T.Compose:
+    """C-MAE's two copies of one crop, each with its own SimSiam colour augmentation, (2, 3, size, size): the first
+    for the online encoder (which also gets ``augment``'s self-cutmix and black patches), the second for the
+    target encoder."""
+    pil_steps, tensor_steps = _input_steps(augment, mask_ratio, mask_patch, colour=False)
+    online = _copy([*pil_steps, *_simsiam_colour()], tensor_steps, mean, std)
+    target = _copy(_simsiam_colour(), [], mean, std)
+    return T.Compose([*_one_crop(size, scale, hflip), _TwoViews(online, target)])

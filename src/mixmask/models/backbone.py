@@ -219,9 +219,10 @@ class ViTBackbone(nn.Module):
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         return forward_stages(self, x)
 
-    def forward_visible(self, x: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
+    def forward_visible(self, x: torch.Tensor, keep: torch.Tensor, prefix_tokens: bool = False) -> list[torch.Tensor]:
         """The encoder on the patches ``keep`` (B, V) only, the others dropped from its input as MAE's encoder drops
-        masked patches (position embeddings added before the drop): each stage's visible patch tokens (B, V, C)."""
+        masked patches (position embeddings added before the drop): each stage's visible patch tokens (B, V, C);
+        with ``prefix_tokens``, the blocks' outputs keep the class (and register) tokens in front."""
         vit = self.model
 
         def visible(tokens: torch.Tensor) -> torch.Tensor:
@@ -234,5 +235,5 @@ class ViTBackbone(nn.Module):
         x = vit.norm_pre(torch.cat([tokens[:, :prefix], visible(tokens[:, prefix:])], dim=1))
         for block in vit.blocks:
             x = block(x)
-            stages.append(x[:, prefix:])
+            stages.append(x if prefix_tokens else x[:, prefix:])
         return stages

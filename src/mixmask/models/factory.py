@@ -12,6 +12,7 @@ from mixmask.config import Config, is_vit
 from mixmask.masking import MixedMasker
 from mixmask.models.a2mim import A2MIM
 from mixmask.models.backbone import build_backbone
+from mixmask.models.cmae import CMAE
 from mixmask.models.mae import MAE
 from mixmask.models.mocov3 import MoCoV3
 from mixmask.models.rmae import RelaxedA2MIM, RelaxedMAE
@@ -19,13 +20,19 @@ from mixmask.results import Method, Strategy
 
 
 def build_pretrain_model(cfg: Config) -> tuple[nn.Module, MixedMasker | None]:
-    """The method's model and its masker (None for a two-view method such as MoCo v3, which does not mask). Fails
+    """The method's model and its masker (None for MoCo v3, which does not mask). Fails
     with a ConfigError on masking the method or the backbone cannot do (e.g. a patch no stage can mask exactly)."""
     backbone = build_backbone(cfg.model.backbone, cfg.data.image_size)
     if cfg.model.method == "mocov3":
         return MoCoV3(backbone, cfg.model.mocov3), None
     if cfg.model.method == "mae":
         return MAE(backbone, cfg.model.mae, norm_pix=cfg.loss.norm_pix), MAE.masker(cfg, backbone)
+    if cfg.model.method == "cmae":
+        # a ViT that drops its masked tokens batches one count of visible patches, as MAE: MAE's masking rules
+        dropped = is_vit(cfg.model.backbone) and cfg.model.token_mode == "none"
+        masker = MAE.masker(cfg, backbone) if dropped else CMAE.masker(cfg, backbone)
+        options = {"token_mode": cfg.model.token_mode, "fill": cfg.masking.fill}
+        return CMAE(backbone, masker.stages, cfg.model.cmae, cfg.data.image_size, **options), masker
     if cfg.model.method == "rmae" and is_vit(cfg.model.backbone):
         masker = MAE.masker(cfg, backbone)
         return RelaxedMAE(backbone, cfg.model.mae, cfg.model.rmae, masker), masker
@@ -46,14 +53,14 @@ def describe(cfg: Config, model: nn.Module, masker: MixedMasker | None) -> Metho
     """The ``Method`` record of a pretraining config with its model and masker (``build_pretrain_model``'s): each
     strategy with the stage its token enters, resolved as the run resolves it."""
     backbone = cfg.model.backbone
-    if model.two_views:
+    if masker is None:
         return Method(cfg.model.method, backbone, two_views=True)
     token = cfg.model.method != "mae" and cfg.model.token_mode != "none"
     strategies = tuple(
         Strategy(spec.kind, spec.patch_size, spec.ratio, stage if token else None, spec.weight)
         for spec, stage in zip(masker.specs, masker.stages, strict=True)
     )
-    return Method(cfg.model.method, backbone, strategies, cfg.masking.mix, token=token)
+    return Method(cfg.model.method, backbone, strategies, cfg.masking.mix, token=token, two_views=model.two_views)
 
 
 def supervised(cfg: Config) -> Method:

@@ -37,23 +37,9 @@ from dataclasses import replace
 import torch
 
 from mixmask.config import RMAEConfig
-from mixmask.masking import MaskBatch, MixedMasker
+from mixmask.masking import MaskBatch, MixedMasker, complement, unmasked
 from mixmask.models.a2mim import A2MIM
 from mixmask.models.mae import MAE
-
-
-def complement(masks: MaskBatch) -> MaskBatch:
-    """Masks that hide exactly what ``masks`` shows: pixels inverted; on each stage grid, inverted for the images
-    whose strategy masks at that stage (the others have no cell masked there and stay unmasked)."""
-    stages = {s: m ^ m.flatten(1).any(dim=1)[:, None, None] for s, m in masks.stages.items()}
-    return MaskBatch(masks.strategy, ~masks.pixels, stages)
-
-
-def unmasked(masks: MaskBatch) -> MaskBatch:
-    """Masks that hide nothing, on the same grids."""
-    return MaskBatch(
-        masks.strategy, torch.zeros_like(masks.pixels), {s: torch.zeros_like(m) for s, m in masks.stages.items()}
-    )
 
 
 class _Relaxed:

@@ -10,7 +10,13 @@ from torch.utils.data import Dataset
 
 from mixmask.config import Config
 from mixmask.data import build_dataset, pretraining_subset
-from mixmask.data.transforms import eval_transform_for, input_augment_transform, train_transform, two_view_transform
+from mixmask.data.transforms import (
+    complementary_views_transform,
+    eval_transform_for,
+    input_augment_transform,
+    train_transform,
+    two_view_transform,
+)
 from mixmask.engine import distributed
 from mixmask.engine.distributed import Dist
 from mixmask.engine.run_dir import open_run_dir, write_json
@@ -37,11 +43,12 @@ def training_set(cfg: Config, two_views: bool) -> Dataset:
     """The training images with the method's augmentation (two views per image for a two-view method)."""
     data = cfg.data
     scale = tuple(data.pretrain_scale)
-    if data.input_augment:  # (clean target, augmented input) per image
-        patch = patch_size_for(data.image_size, data.input_mask_patch)
-        transform = input_augment_transform(
-            data.image_size, scale, data.input_augment, data.input_mask_ratio, patch, data.hflip, data.mean, data.std
-        )
+    patch = patch_size_for(data.image_size, data.input_mask_patch)
+    augment = (data.input_augment, data.input_mask_ratio, patch, data.hflip, data.mean, data.std)
+    if cfg.model.method == "cmae":  # two colour-augmented copies of one crop (B, 2, 3, H, W)
+        transform = complementary_views_transform(data.image_size, scale, *augment)
+    elif data.input_augment:  # (clean target, augmented input) per image
+        transform = input_augment_transform(data.image_size, scale, *augment)
     else:
         make_transform = two_view_transform if two_views else train_transform
         transform = make_transform(data.image_size, scale, hflip=data.hflip, mean=data.mean, std=data.std)
@@ -57,7 +64,7 @@ def step_function(
     total_micro_steps = train.epochs * sampler.batches_per_epoch()
 
     def step_fn(net: torch.nn.Module, batch, micro_step: int) -> dict[str, torch.Tensor]:
-        if model.two_views:  # MoCo v3: the two views of each image, and this step's momentum for the key encoder
+        if masker is None:  # MoCo v3: the two views of each image, and this step's momentum for the key encoder
             momentum = momentum_at(micro_step / total_micro_steps, cfg.model.mocov3)
             return net(batch.images, momentum=momentum)
         # masks differ per rank and step but are the same after a resume; the strategy choice is rank-independent
@@ -65,6 +72,8 @@ def step_function(
             (train.seed * 1_000_003 + micro_step) * 1_009 + dist.rank
         )
         masks = masker(micro_step, len(batch), cfg.data.image_size, generator=generator)
+        if model.two_views:  # C-MAE: two copies of each crop, complementary masks, the target's momentum
+            return net(batch.images, masks, momentum=momentum_at(micro_step / total_micro_steps, cfg.model.cmae))
         if cfg.data.input_augment:  # the clean crop is the target, its augmented copy the input
             return net(batch.images[:, 0], masks, inputs=batch.images[:, 1])
         return net(batch.images, masks)
