@@ -139,3 +139,27 @@ def test_pretrain_cli_run_gives_weights_a_classifier_loads(tmp_path):
     assert json.loads((run / "run.json").read_text())["method"]["strategies"][0]["patch_size"] == 8
     classifier = Classifier("resnet_tiny", 10, image_size=32)
     assert load_backbone_weights(classifier, run)["loaded"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [VIT, CNN])
+def test_loss_falls_on_shapesx(overrides):
+    """Two colour-augmented copies of ShapesX images, as the data pipeline gives them: the loss falls from about
+    log(16) (16 tokens, none told apart) as the tokens become recognisable."""
+    from mixmask.data.shapesx import ShapesX
+    from mixmask.data.transforms import complementary_views_transform
+
+    torch.manual_seed(0)
+    data = ShapesX("train", size=32, length=32, transform=complementary_views_transform(32, (0.8, 1.0)))
+    views = torch.stack([data[i][0] for i in range(32)])
+    model, masker = build(overrides)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.05)
+    losses = []
+    for step in range(30):
+        loss = model(views, masker(step, 32, 32, generator=torch.Generator().manual_seed(step)), momentum=0.99)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    # measured: the last five average 0.85 of the first loss on the CNN (2.83 -> 2.40)
+    assert sum(losses[-5:]) / 5 < 0.9 * losses[0], losses

@@ -157,3 +157,28 @@ def test_pretrain_cli_run_gives_weights_a_classifier_loads(tmp_path):
     assert results["method"] == "rmae" and results["steps"] == 2 and 5 < results["reconstruction"][0]["psnr_masked"]
     classifier = Classifier("resnet_tiny", 10, image_size=32)
     assert load_backbone_weights(classifier, run)["loaded"] > 0
+
+
+def shapesx_images(n=32):
+    from mixmask.data.shapesx import ShapesX
+    from mixmask.data.transforms import eval_transform
+
+    data = ShapesX("train", size=32, length=n, transform=eval_transform(32, 1.0))
+    return torch.stack([data[i][0] for i in range(n)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["vit", "cnn"])
+def test_loss_falls_on_shapesx(backbone):
+    overrides = VIT if backbone == "vit" else ["masking.strategies=[{patch_size: 8, ratio: 0.6}]"]
+    _, model, masker = build(overrides)
+    images = shapesx_images()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    losses = []
+    for step in range(30):
+        out = model(images, masks_of(masker, batch=32, step=step, seed=step))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["loss"].item())
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0], losses
