@@ -47,6 +47,7 @@ from mixmask.config import CMAEConfig, Config
 from mixmask.masking import MaskBatch, MixedMasker, complement
 from mixmask.models.a2mim import fill_masked
 from mixmask.models.backbone import Backbone, ViTBackbone
+from mixmask.models.mocov3 import ema_update
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool) -> nn.Sequential:
@@ -113,15 +114,9 @@ class CMAE(nn.Module):
         they are (mixed masking with strategies at different stages)."""
         return self.idle
 
-    @torch.no_grad()
     def update_target(self, momentum: float) -> None:
         """``target = m * target + (1 - m) * online`` for every parameter; buffers (BatchNorm statistics) copied."""
-        online, target = self._online(), self._target()
-        target_params = list(target.parameters())
-        torch._foreach_mul_(target_params, momentum)
-        torch._foreach_add_(target_params, [p.detach() for p in online.parameters()], alpha=1.0 - momentum)
-        for target_buffer, buffer in zip(target.buffers(), online.buffers(), strict=True):
-            target_buffer.copy_(buffer)
+        ema_update(self._target(), self._online(), momentum)
 
     def features(
         self, encoder: Backbone | ViTBackbone, tokens: nn.ParameterDict, images: torch.Tensor, masks: MaskBatch

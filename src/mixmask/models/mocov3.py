@@ -53,6 +53,18 @@ def momentum_at(progress: float, cfg: MoCoV3Config) -> float:
     return 1.0 - 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - cfg.momentum)
 
 
+@torch.no_grad()
+def ema_update(ema: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``ema = m * ema + (1 - m) * online`` for every parameter (the two modules alike); buffers (BatchNorm running
+    statistics) are copied."""
+    ema_params = list(ema.parameters())
+    # one multi-tensor kernel per op instead of two per parameter (ResNet-50 has 160 parameter tensors)
+    torch._foreach_mul_(ema_params, momentum)
+    torch._foreach_add_(ema_params, [p.detach() for p in online.parameters()], alpha=1.0 - momentum)
+    for ema_buffer, buffer in zip(ema.buffers(), online.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
+
+
 def mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool) -> nn.Sequential:
     """MoCo v3's MLP: ``num_layers`` bias-free linear layers, BN + ReLU between them, and optionally a BN without
     affine parameters on the output (no bias anywhere: every linear layer but a BN-less last one is followed by BN,
@@ -113,16 +125,9 @@ class MoCoV3(nn.Module):
     def _momentum_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.momentum_encoder, self.momentum_projector])
 
-    @torch.no_grad()
     def update_momentum_encoder(self, momentum: float) -> None:
         """``k = m * k + (1 - m) * q`` for every parameter; buffers (BN running statistics) are copied."""
-        base, ema = self._base_modules(), self._momentum_modules()
-        ema_params = list(ema.parameters())
-        # one multi-tensor kernel per op instead of two per parameter (ResNet-50 has 160 parameter tensors)
-        torch._foreach_mul_(ema_params, momentum)
-        torch._foreach_add_(ema_params, [p.detach() for p in base.parameters()], alpha=1.0 - momentum)
-        for ema_buffer, buffer in zip(ema.buffers(), base.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        ema_update(self._momentum_modules(), self._base_modules(), momentum)
 
     def pooled(self, encoder: Backbone | ViTBackbone, images: torch.Tensor) -> torch.Tensor:
         """timm's pre-logits features: global average pool (CNN) or the class token (ViT)."""
