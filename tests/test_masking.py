@@ -41,6 +41,43 @@ def test_blockwise_masks_are_clumped():
     assert neighbours_masked(block) > neighbours_masked(random) + 0.25
 
 
+def component_sizes(mask):
+    """Sizes of the 4-connected groups of masked cells of one (g, g) mask, one entry per cell."""
+    g, seen, sizes = mask.shape[0], set(), {}
+    for start in zip(*mask.nonzero(as_tuple=True), strict=True):
+        start = tuple(int(i) for i in start)
+        if start in seen:
+            continue
+        group, todo = [], [start]
+        seen.add(start)
+        while todo:
+            r, c = todo.pop()
+            group.append((r, c))
+            for nr, nc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                if 0 <= nr < g and 0 <= nc < g and mask[nr, nc] and (nr, nc) not in seen:
+                    seen.add((nr, nc))
+                    todo.append((nr, nc))
+        sizes.update(dict.fromkeys(group, len(group)))
+    return list(sizes.values())
+
+
+def test_blockwise_masks_follow_beits_generator():
+    """BEiT's setting (14x14 grid, 75 patches of 196): the mask is a union of blocks of at least 16 patches, almost
+    never topped up with single cells, and reproducible from the generator."""
+    from mixmask.masking import beit_block_mask
+
+    g = torch.Generator().manual_seed(0)
+    masks = [beit_block_mask(14, 75, g) for _ in range(200)]
+    assert all(int(m.sum()) == 75 for m in masks)
+    in_big_groups = sum(sum(size >= 16 for size in component_sizes(m)) for m in masks) / (200 * 75)
+    assert in_big_groups > 0.95, in_big_groups  # measured: 0.976
+    again = torch.Generator().manual_seed(0)
+    assert all(torch.equal(m, beit_block_mask(14, 75, again)) for m in masks[:5])
+    # the smallest block scales with the grid: 16 of 196 patches is 5 of an 8x8 grid
+    small = [beit_block_mask(8, 24, g) for _ in range(100)]
+    assert sum(sum(size >= 5 for size in component_sizes(m)) for m in small) / (100 * 24) > 0.9
+
+
 @pytest.mark.parametrize("patch, stage", [(4, 1), (16, 3), (32, 3), (56, 2), (8, 2)])
 def test_auto_stage_for_resnet50(patch, stage):
     assert resolve_stage(MaskSpec(patch, 0.5), RESNET50_STRIDES) == stage

@@ -50,45 +50,53 @@ class MaskSpec:
         if generator is not None and device is not None and generator.device != torch.device(device):
             raise ValueError(f"generator is on {generator.device}, masks are asked for on {device}")
         device = generator.device if generator is not None else device
+        if self.kind == "blockwise":  # drawn on the CPU from a seed the (device) generator gives
+            seed = int(torch.randint(2**62, (1,), generator=generator, device=device))
+            cpu = torch.Generator().manual_seed(seed)
+            masks = [beit_block_mask(g, self.count(image_size), cpu) for _ in range(batch_size)]
+            return torch.stack(masks).to(device) if masks else torch.zeros(0, g, g, dtype=torch.bool, device=device)
         scores = torch.rand(batch_size, g * g, generator=generator, device=device)
-        if self.kind == "blockwise":
-            # Prefer cells inside BEiT-style blocks; the random part of the score breaks ties, so the top `count`
-            # cells are exactly `count` while following the blocks as closely as the count allows.
-            scores = scores + 2 * _blocks(batch_size, g, self.count(image_size), generator, device).flatten(1)
         chosen = scores.topk(self.count(image_size), dim=1).indices
         mask = torch.zeros(batch_size, g * g, dtype=torch.bool, device=device)
         mask.scatter_(1, chosen, True)
         return mask.view(batch_size, g, g)
 
 
-def _blocks(batch: int, g: int, count: int, generator, device, rounds: int = 64) -> torch.Tensor:
-    """BEiT-style block cover: rectangles of random area (>= 4 cells where possible) and aspect ratio in [0.3, 1/0.3],
-    added for every image in parallel until each image has at least ``count`` cells (or ``rounds`` run out)."""
-    rows = torch.arange(g, device=device).view(1, g, 1)
-    cols = torch.arange(g, device=device).view(1, 1, g)
-    covered = torch.zeros(batch, g, g, dtype=torch.bool, device=device)
-    min_area = min(4, count)
-    for _ in range(rounds):
-        todo = covered.flatten(1).sum(1) < count
-        if not todo.any():
+BEIT_GRID, BEIT_MIN_PATCHES = 14, 16  # BEiT's 14x14 grid at 224 px and its smallest block (min_mask_patches_per_block)
+
+
+def beit_block_mask(g: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """One image's block-wise mask on a g x g grid, as BEiT's ``MaskingGenerator`` draws it, then topped up to exactly
+    ``count`` cells. Blocks are added until ``count`` is reached or a block fails: each block takes up to 10
+    attempts, with an area uniform in [16 patches scaled to the grid, the cells still to mask] and an aspect ratio
+    log-uniform in [0.3, 1/0.3]; a block must fit strictly inside the grid (h, w < g) and is rejected unless it adds
+    between 1 and the remaining cells. Where BEiT would stop short of ``count``, single random cells top the mask up
+    (mixmask's masks are exact-count). ``generator``: a CPU generator (BEiT draws on the CPU, in its data loader)."""
+    mask = torch.zeros(g, g, dtype=torch.bool)
+    min_area = max(1, round(BEIT_MIN_PATCHES * g * g / BEIT_GRID**2))
+    log_low, log_high = math.log(0.3), math.log(1 / 0.3)
+    masked = 0
+    while masked < count:
+        budget, added = count - masked, 0
+        for _ in range(10):
+            u = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+            area = min_area + u[0] * (budget - min_area)  # uniform between the two, in either order, as random.uniform
+            aspect = math.exp(log_low + u[1] * (log_high - log_low))
+            h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if w < g and h < g:
+                top, left = int(u[2] * (g - h + 1)), int(u[3] * (g - w + 1))
+                new = h * w - int(mask[top : top + h, left : left + w].sum())
+                if 0 < new <= budget:
+                    mask[top : top + h, left : left + w] = True
+                    added = new
+                    break
+        if added == 0:
             break
-        remaining = (count - covered.flatten(1).sum(1)).clamp(min=min_area).float()
-        u = torch.rand(batch, 4, generator=generator, device=device)
-        area = min_area + u[:, 0] * (remaining - min_area)
-        log_aspect = math.log(0.3) + u[:, 1] * (math.log(1 / 0.3) - math.log(0.3))
-        aspect = log_aspect.exp()
-        h = (area * aspect).sqrt().round().clamp(1, g)
-        w = (area / aspect).sqrt().round().clamp(1, g)
-        top = (u[:, 2] * (g - h + 1)).floor()
-        left = (u[:, 3] * (g - w + 1)).floor()
-        block = (
-            (rows >= top.view(-1, 1, 1))
-            & (rows < (top + h).view(-1, 1, 1))
-            & (cols >= left.view(-1, 1, 1))
-            & (cols < (left + w).view(-1, 1, 1))
-        )
-        covered |= block & todo.view(-1, 1, 1)
-    return covered
+        masked += added
+    if masked < count:
+        free = (~mask).flatten().nonzero().flatten()
+        mask.view(-1)[free[torch.randperm(len(free), generator=generator)[: count - masked]]] = True
+    return mask
 
 
 # ------------------------------------------------------------------------------------------- patch / stage rule
