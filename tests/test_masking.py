@@ -143,3 +143,22 @@ def test_bad_strategy_in_config_names_it():
     )
     with pytest.raises(ConfigError, match=r"masking.strategies\[1\].*stride 16"):
         MixedMasker.from_config(cfg.masking, RESNET50_STRIDES)
+
+
+def test_uniform_masks_leave_one_cell_visible_in_each_2x2_block():
+    mask = MaskSpec(16, 0.75, kind="uniform").sample(500, 128, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (500, 8, 8) and mask.flatten(1).sum(1).unique().tolist() == [48]
+    blocks = mask.view(500, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(500, 16, 4)
+    assert ((~blocks).sum(-1) == 1).all()
+    where = (~blocks).float().mean((0, 1))  # which of the four places is visible: each about a quarter
+    assert (where - 0.25).abs().max() < 0.02
+
+
+@pytest.mark.parametrize(
+    "strategy, fragment",
+    [("{patch_size: 16, ratio: 0.6, kind: uniform}", "0.75 for kind uniform"),
+     ("{patch_size: 32, ratio: 0.75, kind: uniform}", "even number of cells")],
+)  # fmt: skip
+def test_uniform_masks_need_their_ratio_and_an_even_grid(strategy, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, ["data.image_size=96", f"masking.strategies=[{strategy}]"])

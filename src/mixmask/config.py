@@ -158,8 +158,14 @@ class MAEConfig:
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_heads: int = 16
+    # UM-MAE's secondary masking (0.25 with its uniform masking): this share of the visible tokens is replaced by a
+    # learnable token (with its position) inside the encoder, and not reconstructed
+    secondary_ratio: float = 0.0
 
     def check(self, where: str) -> None:
+        _require(
+            0 <= self.secondary_ratio < 1, f"{where}.secondary_ratio", self.secondary_ratio, "a fraction in [0, 1)"
+        )
         for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
             _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
         _require(
@@ -268,7 +274,7 @@ class MaskStrategyConfig:
     stage: int | Literal["auto"] = "auto"  # where the token enters; auto: CNN deepest stage whose stride divides
     # the patch, ViT 0 (after the patch embedding); SimMIM 0
     weight: float = 1.0  # relative probability of this strategy under mixed masking
-    kind: Literal["random", "blockwise"] = "random"
+    kind: Literal["random", "blockwise", "uniform"] = "random"  # uniform: UM-MAE, one visible cell per 2x2 block
 
     def check(self, where: str) -> None:
         _require(self.patch_size >= 1, f"{where}.patch_size", self.patch_size, "an integer >= 1 (pixels)")
@@ -567,6 +573,16 @@ class Config:
                 strategy.patch_size,
                 f"a divisor of data.image_size={size} (e.g. {', '.join(map(str, _divisors(size)))})",
             )
+            if strategy.kind == "uniform":  # one visible cell in each 2x2 block: ratio 0.75 on an even grid
+                _require(
+                    strategy.ratio == 0.75, f"masking.strategies[{i}].ratio", strategy.ratio, "0.75 for kind uniform"
+                )
+                _require(
+                    (size // strategy.patch_size) % 2 == 0,
+                    f"masking.strategies[{i}].patch_size",
+                    strategy.patch_size,
+                    f"a patch that cuts data.image_size={size} into an even number of cells for kind uniform",
+                )
 
 
 def _divisors(n: int) -> list[int]:

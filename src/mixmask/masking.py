@@ -27,7 +27,7 @@ class MaskSpec:
     ratio: float
     stage: int | str = "auto"
     weight: float = 1.0
-    kind: str = "random"  # random | blockwise
+    kind: str = "random"  # random | blockwise | uniform
 
     def grid(self, image_size: int) -> int:
         if image_size % self.patch_size:
@@ -55,6 +55,11 @@ class MaskSpec:
             cpu = torch.Generator().manual_seed(seed)
             masks = [beit_block_mask(g, self.count(image_size), cpu) for _ in range(batch_size)]
             return torch.stack(masks).to(device) if masks else torch.zeros(0, g, g, dtype=torch.bool, device=device)
+        if self.kind == "uniform":  # UM-MAE: one visible cell in each 2x2 block, its place uniform (UM-MAE's code
+            # draws places from a shuffled pool holding each place equally often: the same law up to that balance)
+            visible = torch.randint(4, (batch_size, g // 2, g // 2), generator=generator, device=device)
+            blocks = torch.arange(4, device=device).view(1, 1, 1, 4) != visible[..., None]  # True = masked
+            return blocks.view(batch_size, g // 2, g // 2, 2, 2).permute(0, 1, 3, 2, 4).reshape(batch_size, g, g)
         scores = torch.rand(batch_size, g * g, generator=generator, device=device)
         chosen = scores.topk(self.count(image_size), dim=1).indices
         mask = torch.zeros(batch_size, g * g, dtype=torch.bool, device=device)

@@ -59,15 +59,15 @@ def _build(cls, data: Any, where: str):
 class Strategy:
     """One masking strategy as it ran: ``stage`` is where its token entered (None when no token enters)."""
 
-    kind: str  # random | blockwise
+    kind: str  # random | blockwise | uniform
     patch_size: int
     ratio: float
     stage: int | None
     weight: float = 1.0
 
     def label(self, with_stage: bool = True) -> str:
-        """``patch 4 / 0.6 @ stage 1`` (``blockwise`` in front for BEiT-style blocks)."""
-        text = ("blockwise " if self.kind == "blockwise" else "") + f"patch {self.patch_size} / {self.ratio}"
+        """``patch 4 / 0.6 @ stage 1`` (the kind in front when not random: ``blockwise``, ``uniform``)."""
+        text = ("" if self.kind == "random" else f"{self.kind} ") + f"patch {self.patch_size} / {self.ratio}"
         return text + (f" @ stage {self.stage}" if with_stage and self.stage is not None else "")
 
 

@@ -103,6 +103,24 @@ def test_backbone_forward_visible_is_what_the_mae_encoder_computes():
     assert [s.shape for s in stages] == [torch.Size([4, 4, 48])] * 3
 
 
+def test_secondary_masking_replaces_a_quarter_of_the_visible_tokens():
+    """UM-MAE: of the 8 visible patches, int(8 * 0.75) = 6 keep their embedding, 2 become the learnable token plus
+    their position; the loss still covers the masked patches only."""
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_tiny_patch16_224", SIZE, patch_size=PATCH, depth=2, embed_dim=48, num_heads=3)
+    model = MAE(backbone, MAEConfig(decoder_dim=64, decoder_depth=1, decoder_heads=4, secondary_ratio=0.25)).eval()
+    with torch.no_grad():
+        model.vis_mask_token.fill_(1000.0)
+    seen = []
+    model.backbone.model.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    masks = make_masks(model, ratio=0.5)
+    with torch.no_grad():
+        out = model(torch.randn(4, 3, SIZE, SIZE), masks)
+    tokens = seen[0][:, 1:]  # after the class token: the 8 visible patches
+    assert tokens.shape == (4, 8, 48) and ((tokens.mean(-1) > 500).sum(1) == 2).all()
+    assert torch.isfinite(out["loss"]) and out["loss"] < 100  # the token never enters the target
+
+
 def test_augmented_inputs_are_seen_and_the_clean_images_are_the_target():
     model = tiny_mae().eval()
     images, inputs = torch.randn(4, 3, SIZE, SIZE), torch.randn(4, 3, SIZE, SIZE)

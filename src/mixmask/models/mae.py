@@ -14,6 +14,11 @@ encoder's class (and register) token slots, with zero position embedding, and dr
 head; MAE's initialisation of the whole model (xavier-uniform Linear layers and patch projection, LayerNorm 1/0,
 class and mask tokens normal(0.02)); loss in fp32.
 
+UM-MAE (Li et al. 2022) is this model with ``model.mae.secondary_ratio`` 0.25 and ``kind: uniform`` masks: as in its
+code, a learnable token (normal(0.02)) plus each patch's position replaces ``visible - int(visible * (1 - ratio))``
+randomly chosen visible tokens in the encoder (drawn from torch's generator in the step, as UM-MAE draws them); they
+are not reconstructed.
+
 What differs:
 - The masks come from mixmask's masker, not MAE's per-image random shuffle: ``masks.stages[0]`` is an exact-count
   mask on the ViT patch grid drawn from any mask patch that is a multiple of the ViT patch (a 32 px mask patch
@@ -112,6 +117,10 @@ class MAE(nn.Module):
         )
         self.decoder_norm = norm_layer(width)
         self.decoder_pred = nn.Linear(width, self.patch_size**2 * 3)
+        # UM-MAE's secondary masking: a learnable token that replaces a share of the visible tokens in the encoder
+        self.secondary_ratio = cfg.secondary_ratio
+        if cfg.secondary_ratio > 0:
+            self.vis_mask_token = nn.Parameter(torch.zeros(1, 1, vit.embed_dim))
 
         self._init_weights()
 
@@ -140,6 +149,8 @@ class MAE(nn.Module):
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.mask_token, std=0.02)
+        if self.secondary_ratio > 0:
+            nn.init.normal_(self.vis_mask_token, std=0.02)
         vit = self.backbone.model
         # MAE's encoder: fixed sin-cos position embedding (frozen; prefix slots zero), the patch projection
         # initialised like a Linear layer, class/register tokens normal(0.02)
@@ -185,17 +196,23 @@ class MAE(nn.Module):
         ``order``: each image's patch indices, visible ones first (both groups in patch order)."""
         vit = self.backbone.model
         x = vit.patch_embed(images)  # (B, N, C)
-        prefix_pos = None
+        prefix_pos, patch_pos = None, torch.zeros_like(x[:1])
         if vit.pos_embed is not None:
             if vit.no_embed_class:  # deit-3 style: patches only
-                x = x + vit.pos_embed
+                patch_pos = vit.pos_embed
             else:  # the prefix entries come first
-                prefix_pos = vit.pos_embed[:, : self.num_prefix]
-                x = x + vit.pos_embed[:, self.num_prefix :]
+                prefix_pos, patch_pos = vit.pos_embed[:, : self.num_prefix], vit.pos_embed[:, self.num_prefix :]
+        x = x + patch_pos
         # a stable sort on the mask puts visible patches (False) first without changing their order
         order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
         keep = order[:, :visible]
         x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
+        if self.secondary_ratio > 0:  # UM-MAE: a random share of the visible tokens become a token (+ position)
+            token = torch.gather((self.vis_mask_token + patch_pos).expand(len(x), -1, -1), 1,
+                                 keep[..., None].expand(-1, -1, x.shape[-1]))  # fmt: skip
+            kept = int(visible * (1 - self.secondary_ratio))
+            replaced = torch.rand(x.shape[:2], device=x.device).argsort(dim=1).argsort(dim=1) >= kept
+            x = torch.where(replaced[..., None], token.to(x.dtype), x)
         prefix = [t.expand(x.shape[0], -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
         if prefix:
             tokens = torch.cat(prefix, dim=1)
