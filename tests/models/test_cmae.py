@@ -116,6 +116,22 @@ def test_the_papers_variants_give_a_finite_loss_with_gradients(overrides):
         assert 0 <= loss.item() <= 4
 
 
+@pytest.mark.parametrize("negatives", ["image", "batch"])
+def test_infonce_negatives_are_the_images_tokens_or_the_batchs(negatives):
+    model, _ = build([*VIT, f"model.cmae.negatives={negatives}"])
+    q, k = torch.randn(3, 5, 16), torch.randn(3, 5, 16)
+    qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    if negatives == "image":  # token i of image b among the 5 tokens of image b
+        expected = torch.stack([F.cross_entropy(qn[b] @ kn[b].T / 0.2, torch.arange(5)) for b in range(3)]).mean()
+    else:  # among all 15 tokens of the batch
+        expected = F.cross_entropy(qn.flatten(0, 1) @ kn.flatten(0, 1).T / 0.2, torch.arange(15))
+    torch.testing.assert_close(model.contrast(q, k), expected)
+    # per instance: image b among the images of the batch
+    q1, k1 = torch.randn(6, 16), torch.randn(6, 16)
+    logits = F.normalize(q1, dim=-1) @ F.normalize(k1, dim=-1).T / 0.2
+    torch.testing.assert_close(model.contrast(q1, k1), F.cross_entropy(logits, torch.arange(6)))
+
+
 def test_byol_loss_is_two_minus_two_cosines():
     model, _ = build([*VIT, "model.cmae.loss=byol"])
     q, k = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
