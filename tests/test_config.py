@@ -1,10 +1,19 @@
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from mixmask.config import Config, ConfigError, apply_override, load_config, save_config, to_dict
+from mixmask.config import (
+    JOINT_EMBEDDING_METHODS,
+    Config,
+    ConfigError,
+    apply_override,
+    load_config,
+    save_config,
+    to_dict,
+)
 from mixmask.data import build_dataset
 from mixmask.data.transforms import eval_transform_for
 from mixmask.models.factory import build_pretrain_model
@@ -129,8 +138,8 @@ def test_every_shipped_config_builds_its_network(path):
     with torch.device("meta"):
         if path.parent.name == "pretrain":
             model, masker = build_pretrain_model(cfg)
-            assert (masker is None) == (cfg.model.method == "mocov3")  # the one method that does not mask
-            assert model.two_views == (cfg.model.method in ("mocov3", "cmae"))
+            assert (masker is None) == (cfg.model.method in JOINT_EMBEDDING_METHODS)  # the methods without a mask
+            assert model.two_views == (cfg.model.method in (*JOINT_EMBEDDING_METHODS, "cmae"))
         else:
             classifier, _ = build_classifier(cfg, num_classes=10)
             assert classifier(torch.zeros(2, 3, size, size)).shape == (2, 10)
@@ -146,3 +155,24 @@ def test_every_shipped_sweep_loads(path):
     with torch.device("meta"):
         sweep = load_sweep(path)
     assert sweep.variants and all(list(v.configs) == v.stages for v in sweep.variants)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("model.dino.local_scale=[0.5, 0.2]", "model.dino.local_scale"),
+        ("model.simclr.proj_layers=1", "model.simclr.proj_layers"),
+        ("model.byol.momentum=1.5", "model.byol.momentum"),
+        ("model.simsiam.pred_dim=0", "model.simsiam.pred_dim"),
+        ("optim.weight_decay_end=-1", "optim.weight_decay_end"),
+    ],
+)
+def test_joint_embedding_fields_are_checked(override, field):
+    with pytest.raises(ConfigError, match=re.escape(f"`{field}`")):
+        load_config(None, ["model.method=dino", override])
+
+
+def test_joint_embedding_methods_refuse_input_augmentations():
+    for method in ("simclr", "byol", "simsiam", "dino"):
+        with pytest.raises(ConfigError, match=f"data.input_augment.*model.method={method}"):
+            load_config(None, [f"model.method={method}", "data.input_augment=[color_jitter]"])

@@ -152,6 +152,93 @@ class MoCoV3Config:
 
 
 @dataclass
+class SimCLRConfig:
+    """SimCLR (Chen et al., ICML 2020; v2's 3-layer projector): NT-Xent over the 2N views of a batch."""
+
+    hidden_dim: int = 0  # projector width; 0: the backbone's width, as SimCLR
+    proj_dim: int = 128
+    proj_layers: int = 3  # SimCLR v2 (v1: 2)
+    temperature: float = 0.1  # 0.1 at ImageNet batch 4096; 0.5 in the CIFAR / small-batch recipes
+
+    def check(self, where: str) -> None:
+        _require(self.hidden_dim >= 0, f"{where}.hidden_dim", self.hidden_dim, "an integer >= 0 (0: backbone width)")
+        _require(self.proj_dim >= 1, f"{where}.proj_dim", self.proj_dim, "an integer >= 1")
+        _require(self.proj_layers >= 2, f"{where}.proj_layers", self.proj_layers, "an integer >= 2")
+        _require(self.temperature > 0, f"{where}.temperature", self.temperature, "a positive number")
+
+
+@dataclass
+class BYOLConfig:
+    """BYOL (Grill et al., NeurIPS 2020): online projector + predictor, EMA target, 2 - 2 cos both ways."""
+
+    hidden_dim: int = 4096
+    proj_dim: int = 256
+    momentum: float = 0.996  # tau_base; cosine: rises to 1 by the end of training
+    momentum_schedule: Literal["cosine", "constant"] = "cosine"
+
+    def check(self, where: str) -> None:
+        for name in ("hidden_dim", "proj_dim"):
+            _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
+        _require(0 <= self.momentum <= 1, f"{where}.momentum", self.momentum, "a number in [0, 1]")
+
+
+@dataclass
+class SimSiamConfig:
+    """SimSiam (Chen & He, CVPR 2021): 3-layer projector, bottleneck predictor, stop-gradient, no negatives."""
+
+    proj_dim: int = 2048  # projector hidden and output width (SimSiam: 2048 for ResNet-50)
+    pred_dim: int = 512  # the predictor's bottleneck
+    fix_pred_lr: bool = True  # the predictor keeps the base lr (no cosine decay), as SimSiam's recipe
+
+    def check(self, where: str) -> None:
+        for name in ("proj_dim", "pred_dim"):
+            _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
+
+
+@dataclass
+class DINOConfig:
+    """DINO (Caron et al., ICCV 2021): self-distillation of a momentum teacher into a student over multi-crop views,
+    with a centred and sharpened teacher."""
+
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    out_dim: int = 65536
+    use_bn_in_head: bool = False
+    norm_last_layer: bool = True  # the last layer's weight norm fixed at 1
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04  # linear from this to teacher_temp over warmup_teacher_temp_epochs
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+    momentum: float = 0.996  # the teacher's EMA coefficient; cosine: rises to 1 by the end of training
+    momentum_schedule: Literal["cosine", "constant"] = "cosine"
+    freeze_last_layer_epochs: int = 1
+    global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])  # ResNet-50 recipe: [0.14, 1]
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])  # ResNet-50 recipe: [0.05, 0.14]
+    local_crops: int = 8
+    local_size: int = 96  # pixels at 224, scaled with data.image_size
+
+    def check(self, where: str) -> None:
+        for name in ("hidden_dim", "bottleneck_dim", "out_dim"):
+            _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            _require(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "a positive number")
+        for name in ("warmup_teacher_temp_epochs", "freeze_last_layer_epochs", "local_crops"):
+            _require(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "an integer >= 0")
+        for name in ("center_momentum", "momentum"):
+            _require(0 <= getattr(self, name) <= 1, f"{where}.{name}", getattr(self, name), "a number in [0, 1]")
+        for name in ("global_scale", "local_scale"):
+            scale = getattr(self, name)
+            _require(
+                len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+                f"{where}.{name}",
+                scale,
+                "[min, max] with 0 < min <= max <= 1",
+            )
+        _require(self.local_size >= 1, f"{where}.local_size", self.local_size, "an integer >= 1 (pixels at 224)")
+
+
+@dataclass
 class MAEConfig:
     """MAE (He et al., CVPR 2022): the light Transformer decoder that sees encoded visible tokens + mask tokens."""
 
@@ -217,6 +304,9 @@ class CMAEConfig:
         _require(0 <= self.momentum <= 1, f"{where}.momentum", self.momentum, "a number in [0, 1]")
 
 
+# Joint-embedding methods: they learn from augmented views of whole images, without a mask
+JOINT_EMBEDDING_METHODS = ("mocov3", "simclr", "byol", "simsiam", "dino")
+
 # Backbones run as Vision Transformers (timm VisionTransformer); everything else is run stage by stage as a CNN.
 VIT_PREFIXES = ("vit_", "deit_", "deit3_")
 
@@ -235,10 +325,11 @@ class ModelConfig:
     mae (ViT): the encoder sees visible patches only, MSE on masked patches; mocov3: two views, no masking;
     rmae: R-MAE's two complementary branches, on a ViT as MAE (visible tokens only), on a CNN as A2MIM (mean fill and
     token), its own squared-error loss (no frequency term); cmae: C-MAE's online and EMA target encoders on
-    complementary masks, zero fill and a token replacing the masked patches (SimMIM style; none: a ViT drops them).
+    complementary masks, zero fill and a token replacing the masked patches (SimMIM style; none: a ViT drops them);
+    simclr, byol, simsiam: two augmented views, no masking; dino: multi-crop views, no masking.
     """
 
-    method: Literal["a2mim", "simmim", "mocov3", "mae", "rmae", "cmae"] = "a2mim"
+    method: Literal["a2mim", "simmim", "mocov3", "mae", "rmae", "cmae", "simclr", "byol", "simsiam", "dino"] = "a2mim"
     backbone: str = "resnet_tiny"
     token_mode: Literal["auto", "add", "replace", "none"] = "auto"  # add: z + T * D(M); replace: SimMIM; none: no token
     token_gamma_init: float = 0.0  # > 0: the official "init" variant's learnable gamma on masked features
@@ -248,6 +339,10 @@ class ModelConfig:
     mae: MAEConfig = field(default_factory=MAEConfig)
     rmae: RMAEConfig = field(default_factory=RMAEConfig)
     cmae: CMAEConfig = field(default_factory=CMAEConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)
+    simsiam: SimSiamConfig = field(default_factory=SimSiamConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
 
     def check(self, where: str) -> None:
         _require(bool(self.backbone), f"{where}.backbone", self.backbone, "a timm model name or a preset")
@@ -263,6 +358,8 @@ class ModelConfig:
         self.mae.check(f"{where}.mae")
         self.rmae.check(f"{where}.rmae")
         self.cmae.check(f"{where}.cmae")
+        for name in ("simclr", "byol", "simsiam", "dino"):
+            getattr(self, name).check(f"{where}.{name}")
 
 
 @dataclass
@@ -332,14 +429,16 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW (or LARS, MoCo v3's ResNet optimiser) with per-iteration linear warmup then cosine decay to ``min_lr``."""
+    """AdamW, LARS (MoCo v3's and BYOL's ResNet optimiser) or SGD with momentum (SimSiam, DINO's ResNet-50), with
+    per-iteration linear warmup then cosine decay to ``min_lr``."""
 
-    name: Literal["adamw", "lars"] = "adamw"
+    name: Literal["adamw", "lars", "sgd"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # a cosine from weight_decay to this over training (DINO: 0.04 -> 0.4)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    momentum: float = 0.9  # LARS only
+    momentum: float = 0.9  # LARS and SGD
     scale_lr: bool = False  # true: lr * total_batch / lr_base_batch
     lr_base_batch: int = 512
     warmup_epochs: float = 1.0
@@ -350,6 +449,12 @@ class OptimConfig:
     def check(self, where: str) -> None:
         _require(self.lr > 0, f"{where}.lr", self.lr, "a positive learning rate")
         _require(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "a number >= 0")
+        _require(
+            self.weight_decay_end is None or self.weight_decay_end >= 0,
+            f"{where}.weight_decay_end",
+            self.weight_decay_end,
+            "a number >= 0, or null (constant weight decay)",
+        )
         _require(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             f"{where}.betas",
@@ -513,7 +618,9 @@ class Config:
             "a2mim": {"fill": "mean", "token_mode": "add", "spatial": "l1" if vit else "focal_l1"},
             "simmim": {"fill": "zero", "token_mode": "replace", "spatial": "l1"},
             "mae": {"fill": "none", "token_mode": "none", "spatial": "l2"},
-            "mocov3": {"fill": "none", "token_mode": "none", "spatial": "l1"},
+            **dict.fromkeys(
+                JOINT_EMBEDDING_METHODS, {"fill": "none", "token_mode": "none", "spatial": "l1"}
+            ),  # no mask, no reconstruction: these fields are unused
             "cmae": {"fill": "zero", "token_mode": "replace", "spatial": "l2"},
             "rmae": {"fill": "none", "token_mode": "none", "spatial": "l2"}
             if vit
@@ -549,10 +656,10 @@ class Config:
                 "instance when a ViT drops its masked tokens (model.token_mode=none): the views share no token",
             )
         _require(
-            not (self.data.input_augment and self.model.method == "mocov3"),
+            not (self.data.input_augment and self.model.method in JOINT_EMBEDDING_METHODS),
             "data.input_augment",
             self.data.input_augment,
-            "[] for model.method=mocov3 (its two views have their own augmentations)",
+            f"[] for model.method={self.model.method} (its views have their own augmentations)",
         )
         if self.model.method == "rmae":  # R-MAE's Eq. 8 is its loss: squared errors, no other term
             _require(self.loss.spatial == "l2", "loss.spatial", self.loss.spatial, "l2 for model.method=rmae (Eq. 8)")

@@ -33,6 +33,10 @@ METHOD_NAMES = {
     "rmae": "R-MAE",
     "cmae": "C-MAE",
     "mocov3": "MoCo v3",
+    "simclr": "SimCLR",
+    "byol": "BYOL",
+    "simsiam": "SimSiam",
+    "dino": "DINO",
 }
 
 
@@ -112,7 +116,7 @@ class Method:
             return f"none (scratch, {self.backbone})" if self.vit else "none (scratch)"
         method = self.method_label()
         if self.two_views and not self.strategies:
-            return f"{method}: two views, no mask"
+            return f"{method}: {'multi-crop' if self.name == 'dino' else 'two views'}, no mask"
         if len(self.strategies) == 1:
             masking = self.strategies[0].label(with_stage=self.token)
         else:
@@ -464,6 +468,10 @@ class PretrainResults(_Record):
     reconstruction: list[Reconstruction] = field(default_factory=list)
     unreadable_images: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # train, per_step
+    # joint-embedding methods: the collapse monitors of the last log interval (monitor/embedding_spread, DINO's
+    # monitor/teacher_entropy) and, when they say the run collapsed, why ("" otherwise)
+    monitors: dict[str, float] = field(default_factory=dict)
+    collapse: str = ""
     task: str = "pretrain"
 
     @classmethod

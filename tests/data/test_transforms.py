@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 from mixmask.config import load_config
+from mixmask.data.common import collate
 from mixmask.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -11,6 +12,8 @@ from mixmask.data.transforms import (
     eval_transform,
     eval_transform_for,
     input_augment_transform,
+    multi_crop_transform,
+    symmetric_views_transform,
     train_transform,
 )
 
@@ -149,3 +152,26 @@ def test_input_augmentations_change_only_the_input():
     assert any(not torch.equal(a, b) for a, b in pairs)
     for _, jittered in pairs:  # colour changes, geometry does not: the red ramp still rises along x
         assert (jittered.mean(0).diff(dim=1) >= -0.05).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("method", ["simclr", "simsiam"])
+def test_symmetric_views_are_two_different_draws_of_one_pipeline(method):
+    image = coordinate_image()
+    transform = symmetric_views_transform(method, 32, (0.2, 1.0))
+    assert transform.first is transform.second
+    torch.manual_seed(0)
+    views = transform(image)
+    assert views.shape == (2, 3, 32, 32) and not torch.equal(views[0], views[1])
+    torch.manual_seed(0)
+    assert torch.equal(transform(image), views)
+
+
+def test_multi_crop_gives_global_and_local_crops_that_batch_by_size():
+    image = coordinate_image()
+    transform = multi_crop_transform(32, 16, (0.4, 1.0), (0.05, 0.4), local_count=3)
+    global_crops, local_crops = transform(image)
+    assert global_crops.shape == (2, 3, 32, 32) and local_crops.shape == (3, 3, 16, 16)
+    batch = collate([(transform(image), 0, i) for i in range(4)])
+    assert [tuple(part.shape) for part in batch.images] == [(4, 2, 3, 32, 32), (4, 3, 3, 16, 16)]
+    assert len(batch) == 4
+    assert multi_crop_transform(32, 16, (0.4, 1.0), (0.05, 0.4), local_count=0)(image).shape == (2, 3, 32, 32)

@@ -24,8 +24,8 @@ from mixmask.models.mocov3 import MoCoV3, gather_keys, momentum_at
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tiny_model(temperature: float = 1.0) -> MoCoV3:
-    cfg = MoCoV3Config(hidden_dim=64, proj_dim=32, temperature=temperature)
+def tiny_model(temperature: float = 1.0, momentum: float = 0.99) -> MoCoV3:
+    cfg = MoCoV3Config(64, 32, temperature, momentum, momentum_schedule="constant")
     return MoCoV3(build_backbone("resnet_tiny", 32), cfg)
 
 
@@ -68,8 +68,8 @@ def test_heads_follow_the_official_resnet_design_and_exported_names():
 def test_loss_is_a_finite_scalar_and_only_the_base_encoder_gets_gradients():
     torch.manual_seed(0)
     model = tiny_model()
-    out = model(torch.randn(8, 2, 3, 32, 32), momentum=0.99)
-    assert set(out) == {"loss"} and out["loss"].shape == () and torch.isfinite(out["loss"])
+    out = model(torch.randn(8, 2, 3, 32, 32), progress=0.0)
+    assert set(out) == {"loss", "monitor/embedding_spread"} and out["loss"].shape == () and torch.isfinite(out["loss"])
     out["loss"].backward()
     for module in (model.backbone, model.projector, model.predictor):
         assert all(p.grad is not None for p in module.parameters())
@@ -77,12 +77,12 @@ def test_loss_is_a_finite_scalar_and_only_the_base_encoder_gets_gradients():
     for module in (model.momentum_encoder, model.momentum_projector):
         assert all(not p.requires_grad and p.grad is None for p in module.parameters())
     with pytest.raises(ValueError, match=r"\(B, 2, 3, H, W\)"):
-        model(torch.randn(8, 3, 32, 32), momentum=0.99)
+        model(torch.randn(8, 3, 32, 32), progress=0.0)
 
 
 def test_momentum_update_is_an_ema_of_the_base_encoder():
     torch.manual_seed(0)
-    model = tiny_model()
+    model = tiny_model(momentum=0.9)
     base = [*model.backbone.parameters(), *model.projector.parameters()]
     ema = [*model.momentum_encoder.parameters(), *model.momentum_projector.parameters()]
     assert all(torch.equal(q, k) for q, k in zip(base, ema, strict=True))  # starts as a copy
@@ -90,7 +90,7 @@ def test_momentum_update_is_an_ema_of_the_base_encoder():
     perturb_(model.projector)
     q_before = [p.detach().clone() for p in base]
     k_before = [p.detach().clone() for p in ema]
-    model(torch.randn(8, 2, 3, 32, 32), momentum=0.9)
+    model(torch.randn(8, 2, 3, 32, 32), progress=0.0)
     for q, k_old, k_new in zip(q_before, k_before, ema, strict=True):
         torch.testing.assert_close(k_new, 0.9 * k_old + 0.1 * q)
     assert any(not torch.equal(k_old, k_new) for k_old, k_new in zip(k_before, ema, strict=True))
@@ -100,7 +100,7 @@ def test_momentum_update_is_an_ema_of_the_base_encoder():
         for buffer in model.backbone.buffers():
             if buffer.is_floating_point():
                 buffer.add_(torch.rand_like(buffer))
-    model(torch.randn(4, 2, 3, 32, 32), momentum=0.9)
+    model(torch.randn(4, 2, 3, 32, 32), progress=0.0)
     for q, k in zip(model.backbone.buffers(), model.momentum_encoder.buffers(), strict=True):
         assert torch.equal(q, k)
 
@@ -118,10 +118,10 @@ def reference_loss(q1, q2, k1, k2, temperature):
 @pytest.mark.parametrize("temperature", [1.0, 0.2])
 def test_symmetric_loss_matches_a_direct_computation(temperature):
     torch.manual_seed(1)
-    model = tiny_model(temperature)
+    model = tiny_model(temperature, momentum=0.5)
     perturb_(model.backbone)  # base and momentum encoders differ, so q and k differ
     views = torch.randn(8, 2, 3, 32, 32)
-    loss = model(views, momentum=0.5)["loss"]
+    loss = model(views, progress=0.0)["loss"]
     # after the call the momentum encoder is the one forward used for the keys (updated before the keys)
     with torch.no_grad():
         x1, x2 = views[:, 0], views[:, 1]
@@ -155,7 +155,7 @@ def test_loss_falls_on_shapesx():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     losses = []
     for _ in range(12):
-        loss = model(views, momentum=0.99)["loss"]
+        loss = model(views, progress=0.0)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -420,3 +420,25 @@ def test_planned_variants_are_labelled_by_method(tmp_path):
         "simmim": "SimMIM: patch 8 / 0.6 @ stage 0",  # the planned stage, resolved as the run will resolve it
         "vit_scratch": "none (scratch, vit_tiny_p8)",
     }
+
+
+@pytest.mark.slow
+def test_a_collapsed_pretraining_is_flagged_at_the_top(sweep, tmp_path):
+    """The fixture's p4 variant, its pretraining recorded as collapsed: the page says which run and why."""
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.set_meta(name="collapsed", created=time.time())
+    old = ResultsStore(sweep / "results.sqlite")
+    spec = old.variants()[list(VARIANTS).index("p4")]["spec"]
+    runs = {r["stage"]: r for r in old.runs("p4")}
+    store.add_variant("p4", 0, spec, {(0, s): str(sweep / r["run_dir"]) for s, r in runs.items()})
+    for stage, r in runs.items():
+        results = r["results"]
+        if stage == "pretrain":
+            results = {**results, "collapse": "embeddings collapsed (spread 0.010 < 0.1; about 1 when spread out)"}
+        store.start("p4", 0, stage)
+        store.finish("p4", 0, stage, results, r["seconds"])
+    store.close()
+    old.close()
+    text = report(tmp_path, out=tmp_path / "out").read_text()
+    assert "Collapsed pretraining" in text and "p4 seed 0: embeddings collapsed (spread 0.010" in text
+    assert "Collapsed pretraining" not in report(sweep, out=tmp_path / "healthy").read_text()

@@ -219,3 +219,30 @@ def test_two_process_torchrun_on_cpu(tmp_path):
     assert len(results["reconstruction"]) == 2
     used, taken = token_steps(run)  # under DDP too, an unused token stays put
     assert taken == used and min(used.values()) < 3
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "simsiam", "dino"])
+def test_joint_embedding_methods_pretrain_and_record_their_collapse_monitors(method, tmp_path, capsys):
+    overrides = [
+        "data.image_size=32",
+        "data.shapesx={train: 64, val: 16}",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "train.log_every_steps=2",
+        "model.byol.hidden_dim=32",
+        "model.dino.hidden_dim=32",
+        "model.dino.out_dim=128",
+        "model.dino.local_crops=2",
+        "model.simsiam.proj_dim=64",
+        "model.simsiam.pred_dim=16",
+    ]
+    config = ROOT / f"configs/pretrain/{method}_tiny_shapesx.yaml"
+    assert main(["pretrain", str(config), *overrides, "--out", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["method"] == method and results["steps"] == 4 and results["reconstruction"] == []
+    assert set(results["final_loss"]) == {"loss"}
+    expected = {"monitor/embedding_spread"} | ({"monitor/teacher_entropy"} if method == "dino" else set())
+    assert set(results["monitors"]) == expected and results["collapse"] == ""
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("monitor/embedding_spread" in m for m in metrics)

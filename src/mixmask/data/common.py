@@ -21,7 +21,7 @@ class Unreadable:
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (B, 3, H, W) float
+    images: torch.Tensor | tuple[torch.Tensor, ...]  # (B, 3, H, W) float; a tuple for crops of several sizes
     labels: torch.Tensor  # (B,) int64
     indices: torch.Tensor  # (B,) int64, positions in the dataset
     skipped: list[Unreadable] = field(default_factory=list)
@@ -35,7 +35,11 @@ def collate(samples: list) -> Batch:
     skipped = [s for s in samples if isinstance(s, Unreadable)]
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped)
-    images = torch.stack([s[0] for s in good])
+    first = good[0][0]
+    if isinstance(first, tuple):  # DINO's (global crops, local crops): each part batched on its own
+        images = tuple(torch.stack(parts) for parts in zip(*(s[0] for s in good), strict=True))
+    else:
+        images = torch.stack([s[0] for s in good])
     labels = torch.tensor([s[1] for s in good], dtype=torch.long)
     indices = torch.tensor([s[2] for s in good], dtype=torch.long)
     return Batch(images, labels, indices, skipped)

@@ -2,7 +2,8 @@
 
 Training crops at the config's scale: pretraining gently (RandomResizedCrop scale 0.8-1, as A2MIM), finetuning hard
 (0.08-1, the usual ImageNet recipe); evaluation resizes the shorter side to ``size / crop_pct`` and centre-crops;
-MoCo v3 takes two asymmetrically augmented views of each image (``two_view_transform``); ``data.input_augment`` adds
+MoCo v3 and BYOL take two asymmetrically augmented views of each image (``two_view_transform``), SimCLR and SimSiam
+two alike (``symmetric_views_transform``), DINO multi-crop views (``multi_crop_transform``); ``data.input_augment`` adds
 augmentations to a masked-image model's input only (``input_augment_transform``). Sizes and scales come from the
 config. Randomness comes from torch's global generator, so ``torch.manual_seed`` fixes it.
 """
@@ -43,15 +44,14 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     colour: Sequence[Callable] = (),
+    bicubic: bool = False,
 ) -> T.Compose:
-    """Training: RandomResizedCrop (bilinear) to ``size`` at ``scale`` (pretraining: A2MIM's 0.8-1; finetuning: the
-    ImageNet recipe's 0.08-1; both from the config), the ``colour`` steps, horizontal flip (if ``hflip``), ToTensor,
-    Normalize."""
+    """Training: RandomResizedCrop (bilinear; ``bicubic`` as SimCLR and DINO) to ``size`` at ``scale``
+    (pretraining: A2MIM's 0.8-1; finetuning: the ImageNet recipe's 0.08-1; both from the config), the ``colour``
+    steps, horizontal flip (if ``hflip``), ToTensor, Normalize."""
     _check(size, scale, ratio)
-    steps = [
-        T.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), interpolation=T.InterpolationMode.BILINEAR),
-        *colour,
-    ]
+    mode = T.InterpolationMode.BICUBIC if bicubic else T.InterpolationMode.BILINEAR
+    steps = [T.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), interpolation=mode), *colour]
     if hflip:
         steps.append(T.RandomHorizontalFlip())
     return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
@@ -153,6 +153,78 @@ def two_view_transform(
         return train_transform(size, scale, ratio, hflip, mean, std, colour)
 
     return _TwoViews(view(blur_p=1.0, solarize_p=0.0), view(blur_p=0.1, solarize_p=0.2))
+
+
+def symmetric_views_transform(
+    method: str,
+    size: int,
+    scale: Sequence[float],
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable[..., torch.Tensor]:
+    """Two views drawn alike, (2, 3, size, size), with ``method``'s colour augmentation after the crop:
+    simclr: colour jitter at strength 1 (0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale with p 0.2, blur with p 0.5
+    (sigma 0.1-2 px), bicubic crops; simsiam: jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale 0.2, blur p 0.5,
+    bilinear crops."""
+    strength = {"simclr": (0.8, 0.8, 0.8, 0.2), "simsiam": (0.4, 0.4, 0.4, 0.1)}[method]
+    colour = [
+        T.RandomApply([T.ColorJitter(*strength)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([_GaussianBlur(sigma=(0.1, 2.0))], p=0.5),
+    ]
+    view = train_transform(size, scale, hflip=hflip, mean=mean, std=std, colour=colour, bicubic=method == "simclr")
+    return _TwoViews(view, view)
+
+
+class _MultiCrop:
+    """DINO's crops of one image: the two global crops (2, 3, size, size) and, when there are local ones, the pair
+    (global crops, local crops (n, 3, local, local))."""
+
+    def __init__(self, first: T.Compose, second: T.Compose, local: T.Compose, local_count: int):
+        self.first, self.second, self.local, self.local_count = first, second, local, local_count
+
+    def __call__(self, image) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        global_crops = torch.stack([self.first(image), self.second(image)])
+        if not self.local_count:
+            return global_crops
+        return global_crops, torch.stack([self.local(image) for _ in range(self.local_count)])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(first={self.first}, second={self.second}, {self.local_count} x {self.local})"
+
+
+def multi_crop_transform(
+    size: int,
+    local_size: int,
+    global_scale: Sequence[float],
+    local_scale: Sequence[float],
+    local_count: int,
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable:
+    """DINO's multi-crop (``DataAugmentationDINO``): bicubic crops, flips, colour jitter (0.4, 0.4, 0.2, 0.1) with
+    p 0.8 and grayscale with p 0.2 on every crop; the first global crop always blurred, the second blurred with
+    p 0.1 and solarised with p 0.2, each local crop (``local_size`` px) blurred with p 0.5."""
+    blur = _GaussianBlur(sigma=(0.1, 2.0))
+
+    def crop(crop_size: int, scale: Sequence[float], blur_p: float, solarize_p: float = 0.0) -> T.Compose:
+        colour = [
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            blur if blur_p == 1.0 else T.RandomApply([blur], p=blur_p),
+        ]
+        if solarize_p > 0:
+            colour.append(T.RandomSolarize(threshold=128, p=solarize_p))
+        return train_transform(crop_size, scale, hflip=hflip, mean=mean, std=std, colour=colour, bicubic=True)
+
+    return _MultiCrop(
+        crop(size, global_scale, 1.0),
+        crop(size, global_scale, 0.1, solarize_p=0.2),
+        crop(local_size, local_scale, 0.5),
+        local_count,
+    )
 
 
 class _SelfCutMix:

@@ -33,7 +33,7 @@ from mixmask.engine.checkpoint import (
     write_checkpoint,
 )
 from mixmask.engine.distributed import Dist, all_sum
-from mixmask.engine.optim import base_lr, build_optimizer, lr_at, set_lr
+from mixmask.engine.optim import base_lr, build_optimizer, lr_at, set_lr, set_weight_decay, weight_decay_at
 
 StepFn = Callable[[nn.Module, Batch, int], dict[str, torch.Tensor]]
 
@@ -217,9 +217,12 @@ def fit(
             for batch in loader:
                 epoch_skipped += [{"path": s.path, "error": s.error} for s in batch.skipped]
                 micro_step = epoch * sampler.batches_per_epoch() + position
-                images = batch.images.to(device, non_blocking=True)
-                if cuda and train.channels_last in ("auto", True) and images.ndim == 4:  # not MoCo's (B, 2, 3, H, W)
-                    images = images.contiguous(memory_format=torch.channels_last)
+                if isinstance(batch.images, tuple):  # DINO's crops of two sizes
+                    images = tuple(part.to(device, non_blocking=True) for part in batch.images)
+                else:
+                    images = batch.images.to(device, non_blocking=True)
+                    if cuda and train.channels_last in ("auto", True) and images.ndim == 4:  # not views (B, 2, ...)
+                        images = images.contiguous(memory_format=torch.channels_last)
                 batch = Batch(images, batch.labels.to(device, non_blocking=True), batch.indices)
                 last_of_accumulation = (position + 1) % train.accum_steps == 0
                 sync = nullcontext() if last_of_accumulation or dist.world == 1 else model.no_sync()
@@ -235,12 +238,15 @@ def fit(
                 summed += 1
                 nonfinite |= ~torch.isfinite(out["loss"].detach())
                 for key, value in out.items():
-                    if key.startswith("loss"):
+                    if key.startswith(("loss", "monitor/")):  # loss terms and collapse monitors are logged
                         sums[key] = sums.get(key, 0) + value.detach().float()
                 if not last_of_accumulation:
                     continue
 
-                set_lr(optimizer, lr_at(step, total_steps, warmup_steps, lr, cfg.optim.min_lr))
+                set_lr(optimizer, lr_at(step, total_steps, warmup_steps, lr, cfg.optim.min_lr), base=lr)
+                if cfg.optim.weight_decay_end is not None:
+                    wd = weight_decay_at(step, total_steps, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
+                    set_weight_decay(optimizer, wd)
                 if idle:  # no gradient: AdamW and LARS skip the parameter and leave its state as it is
                     for param in inner.parameters():
                         if id(param) in idle:

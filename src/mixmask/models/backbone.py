@@ -219,6 +219,26 @@ class ViTBackbone(nn.Module):
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         return forward_stages(self, x)
 
+    def forward_any_size(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` (without hooks) on an input of any size the patch divides, the position embedding resampled
+        to its grid (bicubic, as DINO's ``interpolate_pos_encoding`` and timm's ``dynamic_img_size``): DINO's small
+        local crops."""
+        vit = self.model
+        if tuple(x.shape[-2:]) == tuple(vit.patch_embed.img_size):
+            return self(x)
+        patches = vit.patch_embed.proj(x)
+        grid = tuple(patches.shape[-2:])
+        patches = vit.patch_embed.norm(patches.flatten(2).transpose(1, 2))
+        prefix = [t.expand(len(x), -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        pos = timm.layers.resample_abs_pos_embed(
+            vit.pos_embed, new_size=grid, old_size=self.grid, num_prefix_tokens=0 if vit.no_embed_class else len(prefix)
+        )
+        if vit.no_embed_class:  # DeiT-3 style: positions on the patches only
+            tokens = torch.cat([*prefix, patches + pos], dim=1)
+        else:
+            tokens = torch.cat([*prefix, patches], dim=1) + pos
+        return vit.norm(vit.blocks(vit.norm_pre(vit.pos_drop(tokens))))
+
     def forward_visible(self, x: torch.Tensor, keep: torch.Tensor, prefix_tokens: bool = False) -> list[torch.Tensor]:
         """The encoder on the patches ``keep`` (B, V) only, the others dropped from its input as MAE's encoder drops
         masked patches (position embeddings added before the drop): each stage's visible patch tokens (B, V, C);

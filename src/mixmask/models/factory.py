@@ -12,19 +12,32 @@ from mixmask.config import Config, is_vit
 from mixmask.masking import MixedMasker
 from mixmask.models.a2mim import A2MIM
 from mixmask.models.backbone import build_backbone
+from mixmask.models.byol import BYOL
 from mixmask.models.cmae import CMAE
+from mixmask.models.dino import DINO
 from mixmask.models.mae import MAE
 from mixmask.models.mocov3 import MoCoV3
 from mixmask.models.rmae import RelaxedA2MIM, RelaxedMAE
+from mixmask.models.simclr import SimCLR
+from mixmask.models.simsiam import SimSiam
 from mixmask.results import Method, Strategy
 
 
 def build_pretrain_model(cfg: Config) -> tuple[nn.Module, MixedMasker | None]:
-    """The method's model and its masker (None for MoCo v3, which does not mask). Fails
-    with a ConfigError on masking the method or the backbone cannot do (e.g. a patch no stage can mask exactly)."""
+    """The method's model and its masker (None for the joint-embedding methods, which do not mask). Fails with a
+    ConfigError on masking the method or the backbone cannot do (e.g. a patch no stage can mask exactly)."""
     backbone = build_backbone(cfg.model.backbone, cfg.data.image_size)
-    if cfg.model.method == "mocov3":
+    method = cfg.model.method
+    if method == "mocov3":
         return MoCoV3(backbone, cfg.model.mocov3), None
+    if method == "simclr":
+        return SimCLR(backbone, cfg.model.simclr), None
+    if method == "byol":
+        return BYOL(backbone, cfg.model.byol), None
+    if method == "simsiam":
+        return SimSiam(backbone, cfg.model.simsiam), None
+    if method == "dino":
+        return DINO(backbone, cfg.model.dino, cfg.train.epochs), None
     if cfg.model.method == "mae":
         return MAE(backbone, cfg.model.mae, norm_pix=cfg.loss.norm_pix), MAE.masker(cfg, backbone)
     if cfg.model.method == "cmae":

@@ -65,19 +65,48 @@ def ema_update(ema: nn.Module, online: nn.Module, momentum: float) -> None:
         ema_buffer.copy_(buffer)
 
 
-def mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool) -> nn.Sequential:
+def mlp(
+    num_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool, last_bias: bool = False
+) -> nn.Sequential:
     """MoCo v3's MLP: ``num_layers`` bias-free linear layers, BN + ReLU between them, and optionally a BN without
-    affine parameters on the output (no bias anywhere: every linear layer but a BN-less last one is followed by BN,
-    which would cancel it)."""
+    affine parameters on the output (no bias: every linear layer but a BN-less last one is followed by BN, which
+    would cancel it). ``last_bias``: a BN-less last layer with a bias (BYOL's and SimSiam's predictors)."""
     layers: list[nn.Module] = []
     for i in range(num_layers):
         last = i == num_layers - 1
-        layers.append(nn.Linear(in_dim if i == 0 else hidden_dim, out_dim if last else hidden_dim, bias=False))
+        bias = last and last_bias and not last_bn
+        layers.append(nn.Linear(in_dim if i == 0 else hidden_dim, out_dim if last else hidden_dim, bias=bias))
         if not last:
             layers += [nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
         elif last_bn:
             layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def embedding_spread(embeddings: torch.Tensor) -> torch.Tensor:
+    """The collapse monitor of SimSiam (Fig. 2): the standard deviation over the batch of the L2-normalised
+    embeddings, averaged over dimensions and times sqrt(dim): about 1 for embeddings spread over the sphere, 0 when
+    every image maps to the same point."""
+    z = F.normalize(embeddings.detach().float(), dim=1)
+    return z.std(dim=0).mean() * z.shape[1] ** 0.5
+
+
+COLLAPSED_SPREAD = 0.1  # below this, a run's final embedding spread marks it collapsed
+
+
+def collapse(monitors: dict[str, float]) -> str:
+    """Why a joint-embedding run's final monitors say it collapsed ("" when they do not): the embedding spread
+    below ``COLLAPSED_SPREAD``, or (DINO) the teacher's normalised entropy at 1 (uniform output) or 0 (one-hot)."""
+    spread = monitors.get("monitor/embedding_spread")
+    if spread is not None and spread < COLLAPSED_SPREAD:
+        return f"embeddings collapsed (spread {spread:.3f} < {COLLAPSED_SPREAD}; about 1 when spread out)"
+    entropy = monitors.get("monitor/teacher_entropy")
+    if entropy is not None and entropy > 0.99:
+        return f"teacher output uniform (normalised entropy {entropy:.3f})"
+    if entropy is not None and entropy < 0.01:
+        return f"teacher output one-hot (normalised entropy {entropy:.3f})"
+    return ""
 
 
 @torch.no_grad()
@@ -108,6 +137,7 @@ class MoCoV3(nn.Module):
     def __init__(self, backbone: Backbone | ViTBackbone, cfg: MoCoV3Config):
         super().__init__()
         self.backbone = backbone
+        self.cfg = cfg
         self.temperature = cfg.temperature
         width = backbone.model.num_features
         vit = isinstance(backbone, ViTBackbone)
@@ -129,10 +159,6 @@ class MoCoV3(nn.Module):
         """``k = m * k + (1 - m) * q`` for every parameter; buffers (BN running statistics) are copied."""
         ema_update(self._momentum_modules(), self._base_modules(), momentum)
 
-    def pooled(self, encoder: Backbone | ViTBackbone, images: torch.Tensor) -> torch.Tensor:
-        """timm's pre-logits features: global average pool (CNN) or the class token (ViT)."""
-        return encoder.model.forward_head(encoder(images), pre_logits=True)
-
     def contrastive_loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """InfoNCE of queries against the keys of the whole global batch, scaled by 2T as in MoCo v3; fp32 even
         under autocast (a bf16 softmax over thousands of keys loses the small differences that carry the loss)."""
@@ -143,26 +169,36 @@ class MoCoV3(nn.Module):
             labels = torch.arange(len(q), device=q.device) + offset
             return F.cross_entropy(logits, labels) * (2 * self.temperature)
 
-    def forward(self, views: torch.Tensor, momentum: float) -> dict[str, torch.Tensor]:
-        """``views``: (B, 2, 3, H, W), two augmentations per image; ``momentum``: this step's m in [0, 1]."""
-        if views.ndim != 5 or views.shape[1] != 2:
-            raise ValueError(f"MoCo v3 expects views of shape (B, 2, 3, H, W), got {tuple(views.shape)}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        x1, x2 = self._as_model_format(views[:, 0]), self._as_model_format(views[:, 1])
-        self.update_momentum_encoder(momentum)
+    def forward(self, views: torch.Tensor, progress: float) -> dict[str, torch.Tensor]:
+        """``views``: (B, 2, 3, H, W), two augmentations per image; ``progress``: the fraction of training done."""
+        x1, x2 = two_views(views, "MoCo v3", self.backbone)
+        self.update_momentum_encoder(momentum_at(progress, self.cfg))
         # each view is its own forward pass, so BatchNorm normalises each view with its own statistics
-        q1 = self.predictor(self.projector(self.pooled(self.backbone, x1)))
-        q2 = self.predictor(self.projector(self.pooled(self.backbone, x2)))
+        q1 = self.predictor(self.projector(pooled(self.backbone, x1)))
+        q2 = self.predictor(self.projector(pooled(self.backbone, x2)))
         with torch.no_grad():
-            k1 = self.momentum_projector(self.pooled(self.momentum_encoder, x1))
-            k2 = self.momentum_projector(self.pooled(self.momentum_encoder, x2))
+            k1 = self.momentum_projector(pooled(self.momentum_encoder, x1))
+            k2 = self.momentum_projector(pooled(self.momentum_encoder, x2))
         loss = self.contrastive_loss(q1, k2) + self.contrastive_loss(q2, k1)
-        return {"loss": loss}
+        return {"loss": loss, "monitor/embedding_spread": embedding_spread(q1)}
 
-    def _as_model_format(self, images: torch.Tensor) -> torch.Tensor:
-        # the trainer makes 4-D batches channels_last when the model is; the views (a 5-D batch) are made so here
-        weight = next((p for p in self.backbone.parameters() if p.ndim == 4), None)
-        if weight is None or weight.is_contiguous():
-            return images
-        return images.contiguous(memory_format=torch.channels_last)
+
+def pooled(encoder: Backbone | ViTBackbone, images: torch.Tensor) -> torch.Tensor:
+    """timm's pre-logits features: global average pool (CNN) or the class token (ViT)."""
+    return encoder.model.forward_head(encoder(images), pre_logits=True)
+
+
+def as_model_format(images: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
+    """``images`` channels_last when the backbone's convolutions are: the trainer makes 4-D batches so, the views
+    of a 5-D batch are made so here."""
+    weight = next((p for p in backbone.parameters() if p.ndim == 4), None)
+    if weight is None or weight.is_contiguous():
+        return images
+    return images.contiguous(memory_format=torch.channels_last)
+
+
+def two_views(views: torch.Tensor, method: str, backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two views of a (B, 2, 3, H, W) batch, in the backbone's memory format; one clear error otherwise."""
+    if views.ndim != 5 or views.shape[1] != 2:
+        raise ValueError(f"{method} expects views of shape (B, 2, 3, H, W), got {tuple(views.shape)}")
+    return as_model_format(views[:, 0], backbone), as_model_format(views[:, 1], backbone)

@@ -1,8 +1,10 @@
 """``mixmask pretrain``: self-supervised pretraining into one run folder. ``model.method`` picks the method:
-A2MIM (CNN or ViT, free or mixed masking), SimMIM, MAE (ViT) or MoCo v3 (two views, no masking)."""
+A2MIM (CNN or ViT, free or mixed masking), SimMIM, MAE (ViT), R-MAE, C-MAE, or a joint-embedding method without a
+mask (MoCo v3, SimCLR, BYOL, SimSiam, DINO)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -14,6 +16,8 @@ from mixmask.data.transforms import (
     complementary_views_transform,
     eval_transform_for,
     input_augment_transform,
+    multi_crop_transform,
+    symmetric_views_transform,
     train_transform,
     two_view_transform,
 )
@@ -24,8 +28,9 @@ from mixmask.engine.trainer import EpochSampler, StepFn, fit
 from mixmask.evaluation.occlusion import patch_size_for
 from mixmask.evaluation.reconstruction import reconstruct
 from mixmask.masking import MixedMasker
+from mixmask.models.dino import local_crop_size
 from mixmask.models.factory import build_pretrain_model, describe
-from mixmask.models.mocov3 import momentum_at
+from mixmask.models.mocov3 import collapse, momentum_at
 from mixmask.report.figures import reconstruction_figure
 from mixmask.results import PretrainResults, Reconstruction
 
@@ -45,13 +50,19 @@ def training_set(cfg: Config, two_views: bool) -> Dataset:
     scale = tuple(data.pretrain_scale)
     patch = patch_size_for(data.image_size, data.input_mask_patch)
     augment = (data.input_augment, data.input_mask_ratio, patch, data.hflip, data.mean, data.std)
-    if cfg.model.method == "cmae":  # two colour-augmented copies of one crop (B, 2, 3, H, W)
-        transform = complementary_views_transform(data.image_size, scale, *augment)
+    method, size, look = cfg.model.method, data.image_size, {"hflip": data.hflip, "mean": data.mean, "std": data.std}
+    if method == "cmae":  # two colour-augmented copies of one crop (B, 2, 3, H, W)
+        transform = complementary_views_transform(size, scale, *augment)
     elif data.input_augment:  # (clean target, augmented input) per image
-        transform = input_augment_transform(data.image_size, scale, *augment)
-    else:
-        make_transform = two_view_transform if two_views else train_transform
-        transform = make_transform(data.image_size, scale, hflip=data.hflip, mean=data.mean, std=data.std)
+        transform = input_augment_transform(size, scale, *augment)
+    elif method in ("simclr", "simsiam"):
+        transform = symmetric_views_transform(method, size, scale, **look)
+    elif method == "dino":  # its own crop scales: two global crops and the local ones
+        dino = cfg.model.dino
+        local = local_crop_size(dino, size)
+        transform = multi_crop_transform(size, local, dino.global_scale, dino.local_scale, dino.local_crops, **look)
+    else:  # MoCo v3 and BYOL: BYOL's two asymmetric views; masked-image models: one crop
+        transform = (two_view_transform if two_views else train_transform)(size, scale, **look)
     return pretraining_subset(build_dataset(data, "train", transform), data, cfg.train.seed)
 
 
@@ -64,9 +75,8 @@ def step_function(
     total_micro_steps = train.epochs * sampler.batches_per_epoch()
 
     def step_fn(net: torch.nn.Module, batch, micro_step: int) -> dict[str, torch.Tensor]:
-        if masker is None:  # MoCo v3: the two views of each image, and this step's momentum for the key encoder
-            momentum = momentum_at(micro_step / total_micro_steps, cfg.model.mocov3)
-            return net(batch.images, momentum=momentum)
+        if masker is None:  # a joint-embedding method: its views, and how far training is (its schedules)
+            return net(batch.images, progress=micro_step / total_micro_steps)
         # masks differ per rank and step but are the same after a resume; the strategy choice is rank-independent
         generator = torch.Generator(device=dist.device).manual_seed(
             (train.seed * 1_000_003 + micro_step) * 1_009 + dist.rank
@@ -108,16 +118,22 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | No
     try:
         summary = fit(cfg, run_dir, model, dataset, step_fn, dist, on_epoch_end, description="pretrain")
         if dist.main:
+            final = summary["final"]
+            monitors = {k: v for k, v in final.items() if k.startswith("monitor/")}
             results = PretrainResults(
                 method=cfg.model.method,
                 steps=summary["steps"],
                 epochs=summary["epochs"],
-                final_loss=summary["final"],
+                final_loss={k: v for k, v in final.items() if k not in monitors},
+                monitors=monitors,
+                collapse=collapse(monitors),
                 reconstruction=recon,
                 unreadable_images=summary["unreadable"],
                 seconds={"train": summary["seconds"], "per_step": summary["seconds_per_step"]},
             )
             write_json(run_dir / "results.json", results.to_json())
+            if results.collapse:
+                print(f"mixmask: warning: this run collapsed: {results.collapse}", file=sys.stderr)
             print(f"done: {run_dir / 'results.json'}")
     finally:
         distributed.cleanup()

@@ -21,6 +21,7 @@ from mixmask.results import (
     FrequencyProfile,
     InteractionCurve,
     OcclusionCurve,
+    PretrainResults,
     ShapeBias,
     Variant,
     by_name,
@@ -212,6 +213,16 @@ def report(
         notes.append(
             "Error ratios, occlusion, CKA and shape bias show the mean over each variant's seeds; reconstructions, "
             f"feature-map frequency and training curves one seed ({seeds}); the tables use every seed."
+        )
+    collapsed = [
+        f"{v.name} seed {v.seed}: {results.collapse}"
+        for v in variants
+        if isinstance(results := v.results("pretrain"), PretrainResults) and results.collapse
+    ]
+    if collapsed:
+        notes.append(
+            "Collapsed pretraining (its encoder maps every image alike; its numbers measure a collapsed network): "
+            + "; ".join(collapsed)
         )
     if not (sweep_dir / "results.sqlite").is_file():
         notes.append(f"{sweep_dir} has no results store: only the run folders named on the command line are shown.")
