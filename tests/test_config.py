@@ -103,6 +103,26 @@ def test_errors_name_field_value_and_accepted(override, fragments):
         assert fragment in message, (fragment, message)
 
 
+def test_hog_targets_resolve_their_loss_and_refuse_what_does_not_fit():
+    cfg = load_config(None, ["loss.target=hog", "masking.strategies=[{patch_size: 8}]"])
+    assert (cfg.loss.spatial, cfg.loss.freq_weight, cfg.loss.hog_cell) == ("l2", 0.0, 2)  # 8 px at 224 -> 2 at 64
+    assert load_config(None, ["data.image_size=224", "loss.target=hog"]).loss.hog_cell == 8
+    assert load_config(None, ["loss.target=hog", "loss.hog_cell=4"]).loss.hog_cell == 4
+    assert load_config(None).loss.target == "pixels"
+    hog = ["loss.target=hog"]
+    message = error_of([*hog, "data.image_size=224", "masking.strategies=[{patch_size: 32}, {patch_size: 4}]"])
+    for fragment in ["masking.strategies[1].patch_size", "got 4", "a multiple of loss.hog_cell=8", "loss.target=hog"]:
+        assert fragment in message, (fragment, message)
+    assert "`loss.spatial`: got 'l1'; expected l2 or auto for loss.target=hog" in error_of([*hog, "loss.spatial=l1"])
+    assert "`loss.freq_weight`: got 0.5; expected 0 or auto" in error_of([*hog, "loss.freq_weight=0.5"])
+    assert "`loss.norm_pix`" in error_of([*hog, "model.method=mae", "model.backbone=vit_tiny_p8", "loss.norm_pix=true"])
+    for method in ("mocov3", "cmae", "rmae"):
+        message = error_of([*hog, f"model.method={method}"])
+        assert "`loss.target`: got 'hog'" in message and "a2mim, simmim or mae" in message
+    assert "`loss.hog_cell`: got 0" in error_of(["loss.hog_cell=0"])
+    assert "`loss.target`" in error_of(["loss.target=hoog"])
+
+
 def test_bad_files(tmp_path):
     assert "not found" in error_of([], tmp_path / "missing.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")

@@ -1,6 +1,7 @@
 """The typed run records: labels decided in one place, JSON round trips, clear refusals, old run folders."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from mixmask.results import (
     results_from_json,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 P8 = (Strategy("random", 8, 0.75, 0),)
 
 
@@ -35,6 +37,9 @@ def test_labels_name_the_method_and_a_vit_backbone():
     per_sample = Method("a2mim", "resnet50", mixed, "per_sample", token=True).label()
     assert per_sample.startswith("mixed per sample: ")
     assert Method("mocov3", "resnet50", two_views=True).label() == "MoCo v3: two views, no mask"
+    assert Method("a2mim", "resnet50", P8, token=True, target="hog").label() == "A2MIM, HOG: patch 8 / 0.75 @ stage 0"
+    maskfeat = Method("simmim", "vit_small_patch16_224", P8, token=True, target="hog").label()
+    assert maskfeat == "SimMIM, HOG [vit_small_patch16_224]: patch 8 / 0.75 @ stage 0"
     assert Method("supervised", "resnet50").label() == "none (scratch)"
     assert Method("supervised", "vit_tiny_p8").label() == "none (scratch, vit_tiny_p8)"
     assert Method("supervised", "resnet50", init="/w/r50.pth").label() == "none (init: r50.pth)"
@@ -45,6 +50,12 @@ def test_a_pretraining_config_is_described_with_its_resolved_stages():
     method = describe(cfg, *build_pretrain_model(cfg))
     assert [(s.patch_size, s.stage) for s in method.strategies] == [(4, 1), (16, 3)]  # resnet_tiny: auto stages
     assert method.token and not method.two_views and method.label() == "mixed: patch 4 / 0.6 | patch 16 / 0.4"
+    assert method.target == "pixels"
+    cfg = load_config(ROOT / "configs/pretrain/maskfeat_tiny_shapesx.yaml")
+    method = describe(cfg, *build_pretrain_model(cfg))
+    assert method.target == "hog" and method.label() == "SimMIM, HOG: blockwise patch 8 / 0.4 @ stage 0"
+    written_before = {k: v for k, v in method.to_json().items() if k != "target"}  # run.json before HOG targets
+    assert Method.from_json(written_before).target == "pixels"
 
 
 def test_run_info_round_trips_and_refuses_what_it_does_not_know(tmp_path):

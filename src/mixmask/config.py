@@ -315,6 +315,11 @@ def is_vit(backbone: str) -> bool:
     return backbone.startswith(VIT_PREFIXES)
 
 
+def hog_cell_for(image_size: int) -> int:
+    """MaskFeat's HOG cell (8 px at its 224 px input) scaled with the input: 64 px -> 2 (at least 1)."""
+    return max(1, round(8 * image_size / 224))
+
+
 @dataclass
 class ModelConfig:
     """The pretraining method and its backbone (a timm CNN or ViT name, or a preset: resnet_tiny, vit_tiny_p8).
@@ -399,8 +404,14 @@ class MaskingConfig:
 
 @dataclass
 class LossConfig:
-    """``L = L_spa + freq_weight * L_freq``: masked spatial loss plus the focal frequency loss (``auto``: by method)."""
+    """``L = L_spa + freq_weight * L_freq``: masked spatial loss plus the focal frequency loss (``auto``: by method).
 
+    ``target: hog`` predicts MaskFeat's HOG features of the masked patches instead of their pixels (a2mim, simmim,
+    mae; ``mixmask.targets``): MSE on masked patches only, so ``spatial`` resolves to l2 and ``freq_weight`` to 0.
+    """
+
+    target: Literal["pixels", "hog"] = "pixels"
+    hog_cell: int | Literal["auto"] = "auto"  # HOG cell in pixels; auto: MaskFeat's 8 at 224 px, scaled with the input
     spatial: Literal["auto", "l1", "focal_l1", "l2"] = "auto"  # focal_l1: the official A2MIM ResNet-50 setting
     focal_alpha: float = 0.2
     focal_gamma: float = 1.0
@@ -412,6 +423,12 @@ class LossConfig:
     norm_pix: bool = False  # MAE: targets are patches normalised by their own mean and variance
 
     def check(self, where: str) -> None:
+        _require(
+            self.hog_cell == "auto" or self.hog_cell >= 1,
+            f"{where}.hog_cell",
+            self.hog_cell,
+            "'auto' or an integer >= 1",
+        )
         _require(
             self.freq_weight == "auto" or self.freq_weight >= 0,
             f"{where}.freq_weight",
@@ -628,12 +645,16 @@ class Config:
         }[self.model.method]
         recipe["freq_weight"] = (0.1 if vit else 0.5) if self.model.method == "a2mim" else 0.0
         recipe["freq_unmasked_weight"] = 0.0 if vit else 1e-3
+        if self.loss.target == "hog":  # MaskFeat: MSE on the masked patches' HOG, nothing else
+            recipe.update(spatial="l2", freq_weight=0.0)
+        recipe["hog_cell"] = hog_cell_for(self.data.image_size)
         for section, name in (
             (self.masking, "fill"),
             (self.model, "token_mode"),
             (self.loss, "spatial"),
             (self.loss, "freq_weight"),
             (self.loss, "freq_unmasked_weight"),
+            (self.loss, "hog_cell"),
         ):
             if getattr(section, name) == "auto":
                 setattr(section, name, recipe[name])
@@ -665,6 +686,18 @@ class Config:
             _require(self.loss.spatial == "l2", "loss.spatial", self.loss.spatial, "l2 for model.method=rmae (Eq. 8)")
             _require(self.loss.freq_weight == 0, "loss.freq_weight", self.loss.freq_weight, "0 for model.method=rmae")
             _require(not self.loss.norm_pix, "loss.norm_pix", self.loss.norm_pix, "false for model.method=rmae")
+        if self.loss.target == "hog":  # MaskFeat's loss: MSE on the HOG of masked patches (the frequency loss and
+            # norm_pix are about pixels); the decoder of a2mim/simmim and MAE's predict it
+            _require(
+                self.model.method in ("a2mim", "simmim", "mae"),
+                "loss.target",
+                self.loss.target,
+                f"pixels for model.method={self.model.method} (HOG targets: a2mim, simmim or mae)",
+            )
+            hog = "for loss.target=hog (MaskFeat: MSE on the masked patches' HOG)"
+            _require(self.loss.spatial == "l2", "loss.spatial", self.loss.spatial, f"l2 or auto {hog}")
+            _require(self.loss.freq_weight == 0, "loss.freq_weight", self.loss.freq_weight, f"0 or auto {hog}")
+            _require(not self.loss.norm_pix, "loss.norm_pix", self.loss.norm_pix, f"false {hog}")
         _require(
             self.eval.cka_drop == "pixels" or is_vit(self.model.backbone),
             "eval.cka_drop",
@@ -680,6 +713,15 @@ class Config:
                 strategy.patch_size,
                 f"a divisor of data.image_size={size} (e.g. {', '.join(map(str, _divisors(size)))})",
             )
+            if self.loss.target == "hog":  # a mask patch's target is its cells' histograms: whole cells only
+                cell = self.loss.hog_cell
+                _require(
+                    strategy.patch_size % cell == 0,
+                    f"masking.strategies[{i}].patch_size",
+                    strategy.patch_size,
+                    f"a multiple of loss.hog_cell={cell} for loss.target=hog (HOG cells of 8 px at 224 px, scaled "
+                    "with data.image_size; or set loss.hog_cell)",
+                )
             if strategy.kind == "uniform":  # one visible cell in each 2x2 block: ratio 0.75 on an even grid
                 _require(
                     strategy.ratio == 0.75, f"masking.strategies[{i}].ratio", strategy.ratio, "0.75 for kind uniform"

@@ -88,20 +88,23 @@ class Method:
     token: bool = False  # a mask token enters at each strategy's stage
     two_views: bool = False
     init: str = ""
+    target: str = "pixels"  # what masked patches are predicted as: pixels | hog (MaskFeat)
 
     @property
     def vit(self) -> bool:
         return is_vit(self.backbone)
 
     def method_label(self) -> str:
-        """``""`` for A2MIM on a CNN with its token (the study's default), else the method, ``, no token`` for the
-        A2MIM ablation without one, and the backbone for ViTs: ``SimMIM``, ``MAE [vit_tiny_p8]``."""
+        """``""`` for A2MIM on a CNN with its token and pixel targets (the study's default), else the method,
+        ``, no token`` for the A2MIM ablation without one, ``, HOG`` for MaskFeat's targets, and the backbone for
+        ViTs: ``SimMIM``, ``MAE [vit_tiny_p8]``, ``SimMIM, HOG [vit_small_patch16_224]``."""
         if self.name == "supervised":
             return ""
         no_token = self.name == "a2mim" and not self.token
-        if self.name == "a2mim" and not self.vit and not no_token:
+        hog = self.target == "hog"
+        if self.name == "a2mim" and not self.vit and not no_token and not hog:
             return ""
-        name = METHOD_NAMES.get(self.name, self.name) + (", no token" if no_token else "")
+        name = METHOD_NAMES.get(self.name, self.name) + (", no token" if no_token else "") + (", HOG" if hog else "")
         return name + (f" [{self.backbone}]" if self.vit else "")
 
     def label(self) -> str:

@@ -1,10 +1,12 @@
 import pytest
 import torch
 
-from mixmask.config import LossConfig, load_config
+from mixmask.config import ConfigError, LossConfig, load_config
 from mixmask.masking import MaskBatch, MixedMasker
 from mixmask.models.a2mim import A2MIM, fill_masked
-from mixmask.models.backbone import Backbone
+from mixmask.models.backbone import Backbone, build_backbone
+from mixmask.models.factory import build_pretrain_model
+from mixmask.targets import hog_histograms
 
 
 def masks_for(masker, batch=4, size=64, step=0):
@@ -83,3 +85,42 @@ def test_gamma_variant_and_no_frequency_loss():
     empty = MaskBatch(torch.zeros(2, dtype=torch.long), torch.zeros(2, 64, 64, dtype=torch.bool), {})
     features = torch.randn(2, 128, 4, 4)
     assert torch.equal(model.insert_tokens(3, features, empty), features)
+
+
+@pytest.mark.parametrize("vit", [False, True])
+def test_hog_targets_predict_every_cell_and_score_only_the_masked_ones(vit):
+    """loss.target=hog: the decoder gives a 27-channel map on the 8 px cell grid (on a ViT with 16 px patches, 108
+    numbers per token: MaskFeat's head), the loss is the MSE against the clean image's HOG over masked cells only."""
+    torch.manual_seed(0)
+    cfg = load_config(None, ["masking.strategies=[{patch_size: 16, ratio: 0.5}]"])
+    if vit:
+        backbone = build_backbone("vit_tiny_patch16_224", 64, depth=1, embed_dim=48, num_heads=3)
+    else:
+        backbone = Backbone("resnet_tiny")
+    masker = MixedMasker.from_config(cfg.masking, backbone.strides, auto_stage=0 if vit else None)
+    loss = LossConfig(target="hog", hog_cell=8, spatial="l2", freq_weight=0.0)
+    model = A2MIM(backbone, masker.stages, loss, token_mode="replace" if vit else "add")
+    assert model.decoder[0].out_channels == (108 if vit else 16 * 27)  # (stride / cell)^2 cells x 27
+    images = torch.randn(4, 3, 64, 64)
+    masks = masks_for(masker)
+    out = model(images, masks)
+    prediction = out["prediction"]
+    assert set(out) == {"loss", "loss_spatial", "prediction"} and prediction.shape == (4, 27, 8, 8)
+    prediction.retain_grad()
+    out["loss"].backward()
+
+    cells = masks.pixels[:, ::8, ::8]  # (4, 8, 8): a 16 px mask patch is 2x2 cells
+    assert 0 < cells.sum() < cells.numel()
+    errors = (prediction - hog_histograms(images, 8)).permute(0, 2, 3, 1)  # (B, h, w, 27)
+    assert out["loss"].item() == pytest.approx(errors[cells].pow(2).mean().item(), rel=1e-5)
+    grad = prediction.grad.permute(0, 2, 3, 1)
+    assert torch.equal(grad[~cells], torch.zeros_like(grad[~cells])) and grad[cells].abs().sum() > 0
+
+
+def test_hog_cells_must_tile_the_decoders_map():
+    """The decoder predicts the cells from the last map: the cell must divide its stride (32 on resnet_tiny)."""
+    cfg = load_config(
+        None, ["data.image_size=96", "loss.target=hog", "loss.hog_cell=3", "masking.strategies=[{patch_size: 48}]"]
+    )
+    with pytest.raises(ConfigError, match=r"`loss.hog_cell`: got 3; expected a divisor of 32"):
+        build_pretrain_model(cfg)

@@ -9,24 +9,26 @@ import pytest
 import torch
 
 from mixmask.cli import main
-from mixmask.config import MAEConfig, load_config
+from mixmask.config import ConfigError, MAEConfig, load_config
 from mixmask.data.shapesx import ShapesX
 from mixmask.data.transforms import eval_transform
 from mixmask.masking import MaskBatch, MixedMasker
 from mixmask.models.backbone import build_backbone
 from mixmask.models.classifier import Classifier, load_backbone_weights, read_weights
 from mixmask.models.mae import MAE, patchify, sincos_pos_embed
+from mixmask.targets import hog_histograms
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE, PATCH = 32, 8  # a 4x4 grid of ViT patches
 
 
-def tiny_mae(norm_pix: bool = False, seed: int = 0, **timm_kwargs) -> MAE:
+def tiny_mae(norm_pix: bool = False, seed: int = 0, target: str = "pixels", hog_cell: int = 8, **timm_kwargs) -> MAE:
     torch.manual_seed(seed)
     backbone = build_backbone(
         "vit_tiny_patch16_224", SIZE, patch_size=PATCH, depth=2, embed_dim=48, num_heads=3, **timm_kwargs
     )
-    return MAE(backbone, MAEConfig(decoder_dim=64, decoder_depth=1, decoder_heads=4), norm_pix=norm_pix)
+    decoder = MAEConfig(decoder_dim=64, decoder_depth=1, decoder_heads=4)
+    return MAE(backbone, decoder, norm_pix=norm_pix, target=target, hog_cell=hog_cell)
 
 
 def make_masks(model: MAE, batch: int = 4, patch_size: int = PATCH, ratio: float = 0.75, seed: int = 0) -> MaskBatch:
@@ -175,6 +177,36 @@ def test_loss_is_mse_on_masked_patches_of_the_prediction(norm_pix):
     assert model.mask_token.grad.abs().sum() > 0
     assert model.backbone.model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert model.backbone.model.pos_embed.grad is None  # fixed sin-cos, as MAE
+
+
+def test_hog_targets_are_each_masked_patchs_cells():
+    """loss.target=hog: 108 numbers per 8 px patch (2x2 cells of 4 px x 9 bins x 3 channels); the loss is the MSE
+    over the masked patches' cells against the clean image's HOG, and no visible patch's cells get a gradient."""
+    model = tiny_mae(target="hog", hog_cell=4)
+    assert model.decoder_pred.out_features == 108
+    images = torch.randn(4, 3, SIZE, SIZE)
+    masks = make_masks(model)
+    heads = []  # the head's output (B, patches, 108), to see its gradient
+
+    def keep(module, args, output):
+        output.retain_grad()
+        heads.append(output)
+
+    model.decoder_pred.register_forward_hook(keep)
+    out = model(images, masks)
+    prediction = out["prediction"]
+    assert prediction.shape == (4, 27, 8, 8)
+    out["loss"].backward()
+
+    cells = masks.pixels[:, ::4, ::4]  # each masked 8 px patch is 2x2 masked cells
+    assert cells.sum() == 4 * 12 * 4
+    errors = (prediction - hog_histograms(images, 4)).permute(0, 2, 3, 1)
+    assert out["loss"].item() == pytest.approx(errors[cells].pow(2).mean().item(), rel=1e-5)
+    grad, mask = heads[0].grad, masks.stages[0].flatten(1)
+    assert torch.equal(grad[~mask], torch.zeros_like(grad[~mask])) and grad[mask].abs().sum() > 0
+    assert model.backbone.model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match=r"`loss.hog_cell`: got 16; expected a divisor of the ViT patch \(8 px\)"):
+        tiny_mae(target="hog", hog_cell=16)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from mixmask.engine import checkpoint as ckpt
 from mixmask.engine.checkpoint import latest_intact_checkpoint, load_checkpoint
 from mixmask.engine.optim import build_optimizer
 from mixmask.models.a2mim import A2MIM
+from mixmask.models.classifier import Classifier, load_backbone_weights
 from mixmask.models.factory import build_pretrain_model
 from mixmask.tasks.pretrain import pretrain
 
@@ -75,6 +76,26 @@ def test_pretrain_cli_writes_a_complete_run_folder(tmp_path, capsys):
     # a second run into the same folder is refused instead of overwriting it
     assert main(["pretrain", *TINY, "--out", str(run)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_hog_targets_pretrain_and_evaluate_without_reconstructions(tmp_path, capsys):
+    """MaskFeat's config (SimMIM on the tiny ResNet, HOG targets): the HOG loss falls over two short epochs, no
+    reconstruction is attempted (the model predicts no image), evaluate skips it, a classifier loads the encoder."""
+    run = tmp_path / "maskfeat"
+    config = str(ROOT / "configs/pretrain/maskfeat_tiny_shapesx.yaml")
+    assert main(["pretrain", config, *TINY[:-1], "loss.hog_cell=2", "optim.warmup_epochs=0.2", "--out", str(run)]) == 0
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+    results = json.loads((run / "results.json").read_text())
+    assert results["method"] == "simmim" and results["reconstruction"] == []
+    assert not (run / "reconstructions").exists()
+    assert json.loads((run / "run.json").read_text())["method"]["target"] == "hog"
+
+    assert main(["evaluate", str(run), "eval.cka=false", "--out", str(tmp_path / "e")]) == 0
+    assert "reconstructions: none (the model predicts HOG features)" in capsys.readouterr().out
+    evaluation = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert evaluation["reconstruction"] == [] and evaluation["reconstruction_run"] == str(run)
+    assert load_backbone_weights(Classifier("resnet_tiny", 10, image_size=32), run)["loaded"] > 0
 
 
 def test_one_image_pretrains_and_finetuning_refuses_the_subset(tmp_path, capsys):

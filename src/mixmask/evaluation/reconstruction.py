@@ -10,6 +10,12 @@ from mixmask.data.transforms import denormalize
 from mixmask.masking import MixedMasker
 
 
+def reconstructs_pixels(model: torch.nn.Module) -> bool:
+    """Whether ``model(images, masks)["prediction"]`` is an image: not for a two-view (contrastive) method, nor for
+    a model that predicts HOG features (``loss.target: hog``)."""
+    return not model.two_views and model.target == "pixels"
+
+
 def masked_psnr(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
     """PSNR in dB over the masked pixels of [0, 1] images (mean squared error over masked pixel-channels)."""
     weight = mask[:, None].float()

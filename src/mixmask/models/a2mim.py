@@ -12,6 +12,18 @@ default). The official ResNet-50 configs behind the published numbers (``r50_l3_
 features by a learnable gamma initialised at 1e-6 first, ``z * (1 - M) + gamma * z * M + T * M``: set
 ``model.token_gamma_init=1e-6`` for that (a row of both A2MIM ablation studies). Tokens and gammas take no weight
 decay and learn at ``optim.token_lr_scale`` (0.1) x lr, as in the official code.
+
+``loss.target: hog`` (MaskFeat, Wei et al. CVPR 2022; ``mixmask.targets``): the decoder's 1x1 conv gives each
+position of the last map the HOG of the cells it covers, ``(stride / cell)^2 * 27`` channels, which PixelShuffle
+lays out as a (27, H / cell, W / cell) map (a ViT with 16 px patches and 8 px cells: a linear layer from each token
+to its 2x2 cells x 9 bins x 3 channels = 108 numbers, MaskFeat's head after the encoder's final LayerNorm); the loss
+is the MSE over the masked cells, i.e. over the masked patches as MaskFeat's. With SimMIM's settings on a ViT
+(the token replaces the patch embedding before the position embedding; masked pixels never reach the encoder) this
+is MaskFeat's image model, its head initialised as MaskFeat's (truncated normal 0.02, zero bias). Differences from
+its official code: mixmask's masks (exact count ``ceil(ratio * n)``, topped up where BEiT's generator stops short;
+MaskFeat's is ``round(ratio * n)`` at most; ``kind: blockwise`` draws blocks of 16 patches or more, MaskFeat's 15 at
+ratio 0.4); the mask token takes no weight decay (MaskFeat's does; ``optim.token_lr_scale: 1`` gives it MaskFeat's
+lr); and a CNN backbone, mean fill or A2MIM's residual token may be combined with HOG targets as well.
 """
 
 from __future__ import annotations
@@ -19,10 +31,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixmask.config import Config, LossConfig
+from mixmask.config import Config, ConfigError, LossConfig
 from mixmask.losses import focal_frequency_loss, frequency_input, masked_spatial_loss
 from mixmask.masking import MaskBatch, MixedMasker
 from mixmask.models.backbone import Backbone, ViTBackbone
+from mixmask.targets import HOG_CHANNELS, hog_histograms
 
 
 def fill_masked(images: torch.Tensor, pixel_mask: torch.Tensor, fill: str) -> torch.Tensor:
@@ -35,15 +48,16 @@ def fill_masked(images: torch.Tensor, pixel_mask: torch.Tensor, fill: str) -> to
 
 
 class PixelShuffleDecoder(nn.Sequential):
-    """The official decoder: a 1x1 conv to stride^2 * 3 channels, then PixelShuffle back to the input size.
-    ``hidden > 0`` puts a small 3x3 conv + GELU in front of it."""
+    """The official decoder: a 1x1 conv to stride^2 * 3 channels, then PixelShuffle back to the input size
+    (``out_channels`` per output position instead of 3 RGB values: HOG targets). ``hidden > 0`` puts a small 3x3
+    conv + GELU in front of it."""
 
-    def __init__(self, in_channels: int, stride: int, hidden: int = 0):
+    def __init__(self, in_channels: int, stride: int, hidden: int = 0, out_channels: int = 3):
         layers: list[nn.Module] = []
         if hidden:
             layers += [nn.Conv2d(in_channels, hidden, 3, padding=1), nn.GELU()]
             in_channels = hidden
-        layers += [nn.Conv2d(in_channels, stride**2 * 3, 1), nn.PixelShuffle(stride)]
+        layers += [nn.Conv2d(in_channels, stride**2 * out_channels, 1), nn.PixelShuffle(stride)]
         super().__init__(*layers)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -86,7 +100,17 @@ class A2MIM(nn.Module):
             for stage in self.mask_tokens:
                 self.mask_gammas[stage] = nn.Parameter(torch.full_like(self.mask_tokens[stage], gamma_init))
         hidden = backbone.channels[-1] // 2 if decoder == "conv" else 0
-        self.decoder = PixelShuffleDecoder(backbone.channels[-1], backbone.strides[-1], hidden)
+        self.target = loss.target
+        stride, out_channels = backbone.strides[-1], 3
+        if self.target == "hog":  # one prediction per HOG cell: the decoder upsamples to the cell grid
+            self.hog_cell = loss.hog_cell
+            if stride % self.hog_cell:
+                raise ConfigError(
+                    f"config field `loss.hog_cell`: got {self.hog_cell}; expected a divisor of {stride}, the stride "
+                    f"of {backbone.name}'s last map, which the decoder predicts the HOG cells from"
+                )
+            stride, out_channels = stride // self.hog_cell, HOG_CHANNELS
+        self.decoder = PixelShuffleDecoder(backbone.channels[-1], stride, hidden, out_channels)
 
     @staticmethod
     def masker(cfg: Config, backbone: Backbone | ViTBackbone) -> MixedMasker:
@@ -121,7 +145,8 @@ class A2MIM(nn.Module):
         return features + token * m
 
     def predict(self, images: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
-        """The predicted image for normalised ``images`` with ``masks`` filled and tokenised (no loss)."""
+        """The predicted image for normalised ``images`` with ``masks`` filled and tokenised (no loss); with HOG
+        targets the predicted HOG map (B, 27, H / cell, W / cell)."""
         inputs = fill_masked(images, masks.pixels, self.fill)
         features = self.backbone(inputs, hook=lambda stage, z: self.insert_tokens(stage, z, masks))
         return self.decoder(self.backbone.feature_map(features))
@@ -142,10 +167,15 @@ class A2MIM(nn.Module):
         prediction = self.predict(images if inputs is None else inputs, masks)
 
         cfg = self.loss_cfg
+        if self.target == "hog":  # MaskFeat: the HOG of the (clean) image, MSE on the masked cells
+            # a cell lies inside one mask patch (the config checks that the cell divides every patch)
+            cells = masks.pixels[:, :: self.hog_cell, :: self.hog_cell]
+            spatial = masked_spatial_loss(prediction.float(), hog_histograms(images, self.hog_cell), cells, "l2")
+        else:
+            spatial = masked_spatial_loss(
+                prediction.float(), images.float(), masks.pixels, cfg.spatial, cfg.focal_alpha, cfg.focal_gamma
+            )
         target = images.to(prediction.dtype)
-        spatial = masked_spatial_loss(
-            prediction.float(), images.float(), masks.pixels, cfg.spatial, cfg.focal_alpha, cfg.focal_gamma
-        )
         loss = spatial
         terms = {"loss_spatial": spatial.detach()}
         if cfg.freq_weight > 0:

@@ -39,7 +39,9 @@ def build_pretrain_model(cfg: Config) -> tuple[nn.Module, MixedMasker | None]:
     if method == "dino":
         return DINO(backbone, cfg.model.dino, cfg.train.epochs), None
     if cfg.model.method == "mae":
-        return MAE(backbone, cfg.model.mae, norm_pix=cfg.loss.norm_pix), MAE.masker(cfg, backbone)
+        loss = cfg.loss
+        model = MAE(backbone, cfg.model.mae, norm_pix=loss.norm_pix, target=loss.target, hog_cell=loss.hog_cell)
+        return model, MAE.masker(cfg, backbone)
     if cfg.model.method == "cmae":
         # a ViT that drops its masked tokens batches one count of visible patches, as MAE: MAE's masking rules
         dropped = is_vit(cfg.model.backbone) and cfg.model.token_mode == "none"
@@ -73,7 +75,8 @@ def describe(cfg: Config, model: nn.Module, masker: MixedMasker | None) -> Metho
         Strategy(spec.kind, spec.patch_size, spec.ratio, stage if token else None, spec.weight)
         for spec, stage in zip(masker.specs, masker.stages, strict=True)
     )
-    return Method(cfg.model.method, backbone, strategies, cfg.masking.mix, token=token, two_views=model.two_views)
+    options = {"token": token, "two_views": model.two_views, "target": cfg.loss.target}
+    return Method(cfg.model.method, backbone, strategies, cfg.masking.mix, **options)
 
 
 def supervised(cfg: Config) -> Method:

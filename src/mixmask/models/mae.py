@@ -19,6 +19,13 @@ code, a learnable token (normal(0.02)) plus each patch's position replaces ``vis
 randomly chosen visible tokens in the encoder (drawn from torch's generator in the step, as UM-MAE draws them); they
 are not reconstructed.
 
+``loss.target: hog`` (MaskFeat's targets, ``mixmask.targets``): the prediction head gives each patch the HOG of its
+cells, ``(patch / cell)^2 * 27`` numbers (108 for a 16 px patch with 8 px cells), in MaskFeat's order; the loss is
+the same per-patch MSE averaged over the masked patches (MaskFeat's ``MSELoss`` over its masked patches' numbers),
+against the HOG of the clean image. MaskFeat itself has no MAE decoder: its encoder sees every patch, a token
+replacing the masked ones, and a linear head predicts from the last block (``model.method: simmim`` on a ViT with
+``loss.target: hog``); this is MAE's encoder and decoder with MaskFeat's target.
+
 What differs:
 - The masks come from mixmask's masker, not MAE's per-image random shuffle: ``masks.stages[0]`` is an exact-count
   mask on the ViT patch grid drawn from any mask patch that is a multiple of the ViT patch (a 32 px mask patch
@@ -30,7 +37,8 @@ What differs:
 - The sin-cos embeddings come from timm (``build_sincos2d_pos_embed``): the same frequencies as MAE's
   numpy code, with the channels in another fixed order (sin h, sin w, cos h, cos w), which a learned network does
   not notice.
-- ``prediction`` is the full image in the input's normalised space. With ``norm_pix`` the per-patch normalisation
+- ``prediction`` is the full image in the input's normalised space (with HOG targets: the predicted HOG map
+  (B, 27, H / cell, W / cell)). With ``norm_pix`` the per-patch normalisation
   is undone with the *target* patch's mean and variance (MAE itself has no such output), so the figures look like
   images; the PSNR of a norm_pix model therefore borrows each masked patch's true mean and contrast and is not
   comparable with the PSNR of a model trained on raw pixels.
@@ -47,6 +55,7 @@ from mixmask._compat import timm
 from mixmask.config import Config, ConfigError, MAEConfig
 from mixmask.masking import MaskBatch, MixedMasker
 from mixmask.models.backbone import ViTBackbone
+from mixmask.targets import HOG_CHANNELS, hog_histograms, hog_map, hog_patches
 
 # Parts of the timm ViT the encoder runs; anything else (a pooling norm, an attention pool, a head) is unused.
 ENCODER_PARTS = ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre", "blocks", "norm")
@@ -84,12 +93,20 @@ def normalise_patches(patches: torch.Tensor, eps: float = 1e-6) -> tuple[torch.T
 
 
 class MAE(nn.Module):
-    """MAE on ``backbone`` (a ``ViTBackbone``); ``cfg`` sizes the decoder; ``norm_pix`` normalises each target patch.
-    The whole model, encoder included, is initialised the MAE way. Called as ``model(images, masks)`` like A2MIM."""
+    """MAE on ``backbone`` (a ``ViTBackbone``); ``cfg`` sizes the decoder; ``norm_pix`` normalises each target patch;
+    ``target`` ``hog`` predicts each patch's HOG in cells of ``hog_cell`` pixels instead of its pixels. The whole
+    model, encoder included, is initialised the MAE way. Called as ``model(images, masks)`` like A2MIM."""
 
     two_views = False  # one masked view per image
 
-    def __init__(self, backbone: ViTBackbone, cfg: MAEConfig, norm_pix: bool = False):
+    def __init__(
+        self,
+        backbone: ViTBackbone,
+        cfg: MAEConfig,
+        norm_pix: bool = False,
+        target: str = "pixels",
+        hog_cell: int = 8,
+    ):
         super().__init__()
         if not isinstance(backbone, ViTBackbone):
             raise ConfigError("config field `model.backbone`: MAE needs a Vision Transformer backbone")
@@ -99,6 +116,16 @@ class MAE(nn.Module):
         self.patch_size = backbone.patch_size
         self.grid = backbone.grid
         self.num_prefix = vit.num_prefix_tokens
+        self.target = target
+        outputs = self.patch_size**2 * 3
+        if target == "hog":  # each patch's cells: (patch / cell)^2 cells x 9 bins x 3 channels
+            if self.patch_size % hog_cell:
+                raise ConfigError(
+                    f"config field `loss.hog_cell`: got {hog_cell}; expected a divisor of the ViT patch "
+                    f"({self.patch_size} px): MAE predicts the HOG of each patch's cells"
+                )
+            self.hog_cell, self.cells = hog_cell, self.patch_size // hog_cell
+            outputs = self.cells**2 * HOG_CHANNELS
 
         # decoder: embed, mask token, fixed position embedding (patch slots only: prefix slots get none), blocks
         width = cfg.decoder_dim
@@ -116,7 +143,7 @@ class MAE(nn.Module):
             ]
         )
         self.decoder_norm = norm_layer(width)
-        self.decoder_pred = nn.Linear(width, self.patch_size**2 * 3)
+        self.decoder_pred = nn.Linear(width, outputs)
         # UM-MAE's secondary masking: a learnable token that replaces a share of the visible tokens in the encoder
         self.secondary_ratio = cfg.secondary_ratio
         if cfg.secondary_ratio > 0:
@@ -226,7 +253,8 @@ class MAE(nn.Module):
     # -------------------------------------------------------------------------------------------- decoder
 
     def decode(self, latent: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """Predicted pixels per patch (B, N, patch * patch * 3) from the encoded visible tokens."""
+        """Predicted pixels per patch (B, N, patch * patch * 3) from the encoded visible tokens (HOG targets: the
+        patch's cells' histograms)."""
         x = self.decoder_embed(latent)
         prefix, visible = x[:, : self.num_prefix], x[:, self.num_prefix :]
         b, n = order.shape
@@ -268,15 +296,21 @@ class MAE(nn.Module):
         pred = self.predict_patches(images if inputs is None else inputs, masks)  # checks the masks first
         mask = masks.stages[0].flatten(1)
 
-        target = patchify(images.float(), self.patch_size)
+        if self.target == "hog":
+            target = hog_patches(hog_histograms(images, self.hog_cell), self.cells)
+        else:
+            target = patchify(images.float(), self.patch_size)
         if self.norm_pix:
             target, mean, std = normalise_patches(target)
         per_patch = ((pred - target) ** 2).mean(dim=-1)
         weight = mask.float()
         loss = (per_patch * weight).sum() / weight.sum()
 
-        pixels = pred * std + mean if self.norm_pix else pred
-        prediction = unpatchify(pixels, self.patch_size, self.grid)
+        if self.target == "hog":
+            prediction = hog_map(pred, self.cells, self.grid)
+        else:
+            pixels = pred * std + mean if self.norm_pix else pred
+            prediction = unpatchify(pixels, self.patch_size, self.grid)
         unused = self.untouched(masks)
         if unused:
             loss = loss + sum(p.sum() for p in unused) * 0.0

@@ -29,7 +29,7 @@ from mixmask.evaluation.cka import occlusion_invariance, vit_token_drop
 from mixmask.evaluation.classification import Outputs, collect, topk_accuracy
 from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_curve, occlusion_predictions
 from mixmask.evaluation.probes import knn_probe, linear_probe
-from mixmask.evaluation.reconstruction import reconstruct
+from mixmask.evaluation.reconstruction import reconstruct, reconstructs_pixels
 from mixmask.evaluation.shape_bias import (
     CueConflictFolder,
     category_columns,
@@ -167,13 +167,15 @@ def factor_results(
 
 
 def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.device) -> list[Reconstruction]:
-    """Masked-pixel PSNR per strategy of a pretraining run, with its figure grids."""
+    """Masked-pixel PSNR per strategy of a pretraining run, with its figure grids (none for a method that predicts
+    no image: a two-view method, or HOG targets)."""
     from mixmask.models.factory import build_pretrain_model
     from mixmask.tasks.pretrain import reconstruction_images
 
     cfg = resume_config(pretrain_run)
     model, masker = build_pretrain_model(cfg)
-    if model.two_views:  # a contrastive method: nothing to reconstruct
+    if not reconstructs_pixels(model):  # a contrastive method or HOG targets: no image to score
+        print(f"reconstructions: none ({'two views' if model.two_views else 'the model predicts HOG features'})")
         return []
     load_checkpoint(latest_intact_checkpoint(pretrain_run, weights_only=True), model, restore_rng=False)
     model.to(device).eval()

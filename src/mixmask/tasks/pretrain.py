@@ -26,7 +26,7 @@ from mixmask.engine.distributed import Dist
 from mixmask.engine.run_dir import open_run_dir, write_json
 from mixmask.engine.trainer import EpochSampler, StepFn, fit
 from mixmask.evaluation.occlusion import patch_size_for
-from mixmask.evaluation.reconstruction import reconstruct
+from mixmask.evaluation.reconstruction import reconstruct, reconstructs_pixels
 from mixmask.masking import MixedMasker
 from mixmask.models.dino import local_crop_size
 from mixmask.models.factory import build_pretrain_model, describe
@@ -100,13 +100,14 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | No
     method = describe(cfg, model, masker)  # the resolved masking and the method, recorded before training
     run_dir = open_run_dir(cfg, "pretrain", dist, out, resume, method)
     data = cfg.data
-    shown = reconstruction_images(cfg).to(dist.device) if dist.main and not model.two_views else None
+    # figures and PSNR need a predicted image: none for two-view methods or HOG targets
+    shown = reconstruction_images(cfg).to(dist.device) if dist.main and reconstructs_pixels(model) else None
     step_fn = step_function(cfg, model, masker, dist, len(dataset))
     recon: list[Reconstruction] = []
 
     def on_epoch_end(epoch: int, inner: torch.nn.Module) -> None:
         every = cfg.train.reconstruction_every_epochs
-        if model.two_views or not dist.main or not (epoch == cfg.train.epochs or (every and epoch % every == 0)):
+        if shown is None or not (epoch == cfg.train.epochs or (every and epoch % every == 0)):
             return
         recon.clear()
         for result in reconstruct(inner, masker, shown, data.mean, data.std, seed=cfg.train.seed):
