@@ -19,7 +19,7 @@ from mixmask.engine.checkpoint import load_checkpoint, save_checkpoint
 from mixmask.engine.optim import build_optimizer, set_lr
 from mixmask.models.backbone import build_backbone
 from mixmask.models.classifier import Classifier, load_backbone_weights, read_weights
-from mixmask.models.mocov3 import MoCoV3, gather_keys, momentum_at
+from mixmask.models.mocov3 import MoCoV3, collapse, embedding_spread, gather_keys, momentum_at
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -323,3 +323,19 @@ def test_configs_load():
     assert (r50.model.method, r50.model.backbone, r50.optim.name) == ("mocov3", "resnet50", "lars")
     assert r50.optim.lr == 0.6 and r50.optim.scale_lr and r50.optim.lr_base_batch == 256
     assert r50.optim.weight_decay == 1e-6 and r50.model.mocov3.temperature == 1.0
+
+
+def test_embedding_spread_and_collapse_verdicts():
+    torch.manual_seed(0)
+    spread_out = embedding_spread(torch.randn(4096, 64))
+    assert spread_out == pytest.approx(1.0, abs=0.02)  # uniform on the sphere: std 1/sqrt(dim) per dimension
+    assert embedding_spread(torch.ones(32, 64) + 1e-6 * torch.randn(32, 64)) < 1e-3  # every image alike
+    assert collapse({"monitor/embedding_spread": 0.9}) == ""
+    assert collapse({"monitor/embedding_spread": 0.05}).startswith("embeddings collapsed (spread 0.050")
+    assert collapse({"monitor/embedding_spread": 0.9, "monitor/teacher_entropy": 0.995}).startswith(
+        "teacher output uniform"
+    )
+    assert collapse({"monitor/embedding_spread": 0.9, "monitor/teacher_entropy": 0.001}).startswith(
+        "teacher output one-hot"
+    )
+    assert collapse({}) == ""
