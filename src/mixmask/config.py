@@ -37,6 +37,11 @@ def _require(ok: bool, where: str, value: Any, accepted: str) -> None:
         raise ConfigError(f"config field `{where}`: got {value!r}; expected {accepted}")
 
 
+def _require_scale(scale: list[float], where: str) -> None:
+    """A crop scale: [min, max] fractions of the image area."""
+    _require(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, where, scale, "[min, max] with 0 < min <= max <= 1")
+
+
 # --------------------------------------------------------------------------------------------------- sections
 
 
@@ -103,13 +108,7 @@ class DataConfig:
         if self.dataset == "shapesx":
             _require(self.image_size <= 224, f"{where}.image_size", self.image_size, "at most 224 for ShapesX")
         for name in ("pretrain_scale", "finetune_scale"):
-            scale = getattr(self, name)
-            _require(
-                len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
-                f"{where}.{name}",
-                scale,
-                "[min, max] with 0 < min <= max <= 1",
-            )
+            _require_scale(getattr(self, name), f"{where}.{name}")
         _require(0 < self.crop_pct <= 1, f"{where}.crop_pct", self.crop_pct, "a number in (0, 1]")
         _require(len(self.mean) == 3, f"{where}.mean", self.mean, "three numbers, one per RGB channel")
         _require(len(self.std) == 3 and min(self.std) > 0, f"{where}.std", self.std, "three positive numbers")
@@ -228,13 +227,7 @@ class DINOConfig:
         for name in ("center_momentum", "momentum"):
             _require(0 <= getattr(self, name) <= 1, f"{where}.{name}", getattr(self, name), "a number in [0, 1]")
         for name in ("global_scale", "local_scale"):
-            scale = getattr(self, name)
-            _require(
-                len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
-                f"{where}.{name}",
-                scale,
-                "[min, max] with 0 < min <= max <= 1",
-            )
+            _require_scale(getattr(self, name), f"{where}.{name}")
         _require(self.local_size >= 1, f"{where}.local_size", self.local_size, "an integer >= 1 (pixels at 224)")
 
 

@@ -19,7 +19,7 @@ from mixmask.engine.checkpoint import load_checkpoint, save_checkpoint
 from mixmask.engine.optim import build_optimizer, set_lr
 from mixmask.models.backbone import build_backbone
 from mixmask.models.classifier import Classifier, load_backbone_weights, read_weights
-from mixmask.models.mocov3 import MoCoV3, collapse, embedding_spread, gather_keys, momentum_at
+from mixmask.models.mocov3 import MoCoV3, collapse, embedding_spread, gather_rows, momentum_at
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -169,7 +169,7 @@ def _gather_worker(rank: int, world: int, init_file: str, queue) -> None:
         generator = torch.Generator().manual_seed(0)
         q_all, k_all = torch.randn(10, 6, generator=generator), torch.randn(10, 6, generator=generator)
         start, stop = [(0, 4), (4, 10)][rank]  # unequal batches: 4 and 6 images
-        keys, offset = gather_keys(k_all[start:stop])
+        keys, offset = gather_rows(k_all[start:stop])
         model = MoCoV3(build_backbone("resnet_tiny", 32), MoCoV3Config(hidden_dim=8, proj_dim=6, temperature=0.5))
         loss = model.contrastive_loss(q_all[start:stop], k_all[start:stop])
         # plain numbers: a tensor in the queue is fetched from this process, which may have exited by then

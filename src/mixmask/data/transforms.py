@@ -124,6 +124,19 @@ class _TwoViews:
         return f"{type(self).__name__}(\n first={self.first},\n second={self.second})"
 
 
+def _byol_colour(blur_p: float, solarize_p: float) -> list:
+    """BYOL's colour steps (MoCo v3's and DINO's too): colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale with
+    p 0.2, PIL's Gaussian blur (sigma 0.1-2 px) with p ``blur_p``, solarisation (threshold 128) with p
+    ``solarize_p``."""
+    blur = _GaussianBlur(sigma=(0.1, 2.0))
+    colour = [
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        blur if blur_p == 1.0 else T.RandomApply([blur], p=blur_p),
+    ]
+    return colour + ([T.RandomSolarize(threshold=128, p=solarize_p)] if solarize_p > 0 else [])
+
+
 def two_view_transform(
     size: int,
     scale: Sequence[float] = (0.08, 1.0),
@@ -140,17 +153,9 @@ def two_view_transform(
     and solarized (threshold 128) with p 0.2. Every random draw comes from torch's global generator (MoCo v3 draws
     the blur's sigma from Python's ``random``, which ``torch.manual_seed`` would not fix).
     """
-    blur = _GaussianBlur(sigma=(0.1, 2.0))
 
     def view(blur_p: float, solarize_p: float) -> T.Compose:
-        colour = [
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            blur if blur_p == 1.0 else T.RandomApply([blur], p=blur_p),
-        ]
-        if solarize_p > 0:
-            colour.append(T.RandomSolarize(threshold=128, p=solarize_p))
-        return train_transform(size, scale, ratio, hflip, mean, std, colour)
+        return train_transform(size, scale, ratio, hflip, mean, std, _byol_colour(blur_p, solarize_p))
 
     return _TwoViews(view(blur_p=1.0, solarize_p=0.0), view(blur_p=0.1, solarize_p=0.2))
 
@@ -207,16 +212,9 @@ def multi_crop_transform(
     """DINO's multi-crop (``DataAugmentationDINO``): bicubic crops, flips, colour jitter (0.4, 0.4, 0.2, 0.1) with
     p 0.8 and grayscale with p 0.2 on every crop; the first global crop always blurred, the second blurred with
     p 0.1 and solarised with p 0.2, each local crop (``local_size`` px) blurred with p 0.5."""
-    blur = _GaussianBlur(sigma=(0.1, 2.0))
 
     def crop(crop_size: int, scale: Sequence[float], blur_p: float, solarize_p: float = 0.0) -> T.Compose:
-        colour = [
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            blur if blur_p == 1.0 else T.RandomApply([blur], p=blur_p),
-        ]
-        if solarize_p > 0:
-            colour.append(T.RandomSolarize(threshold=128, p=solarize_p))
+        colour = _byol_colour(blur_p, solarize_p)
         return train_transform(crop_size, scale, hflip=hflip, mean=mean, std=std, colour=colour, bicubic=True)
 
     return _MultiCrop(

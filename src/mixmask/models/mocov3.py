@@ -109,21 +109,26 @@ def collapse(monitors: dict[str, float]) -> str:
     return ""
 
 
-@torch.no_grad()
-def gather_keys(keys: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The keys of every process concatenated in rank order, and where this process's own keys start. Batches may
-    differ in size across ranks (a dropped unreadable image), so they are padded to the largest for the gather."""
+def gather_rows(rows: torch.Tensor, with_gradients: bool = False) -> tuple[torch.Tensor, int]:
+    """The rows of every process concatenated in rank order, and where this process's own rows start. Batches may
+    differ in size across ranks (a dropped unreadable image), so they are padded to the largest for the gather.
+    ``with_gradients``: torch's differentiable all-gather, gradients flowing back to each process's own rows
+    (SimCLR's negatives); else no gradient (MoCo v3's keys)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return keys, 0
+        return rows, 0
     world, rank = dist.get_world_size(), dist.get_rank()
-    size = torch.tensor([len(keys)], device=keys.device)
+    size = torch.tensor([len(rows)], device=rows.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
     counts = [int(s.item()) for s in sizes]
-    padded = keys.new_zeros((max(counts), *keys.shape[1:]))
-    padded[: len(keys)] = keys
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
+    padded = torch.cat([rows, rows.new_zeros((max(counts) - len(rows), *rows.shape[1:]))])
+    if with_gradients:
+        from torch.distributed.nn.functional import all_gather
+
+        gathered = all_gather(padded)
+    else:
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded.detach())
     return torch.cat([g[:n] for g, n in zip(gathered, counts, strict=True)]), sum(counts[:rank])
 
 
@@ -164,7 +169,7 @@ class MoCoV3(nn.Module):
         under autocast (a bf16 softmax over thousands of keys loses the small differences that carry the loss)."""
         with torch.autocast(q.device.type, enabled=False):
             q = F.normalize(q.float(), dim=1)
-            keys, offset = gather_keys(F.normalize(k.detach().float(), dim=1))
+            keys, offset = gather_rows(F.normalize(k.detach().float(), dim=1))
             logits = q @ keys.T / self.temperature
             labels = torch.arange(len(q), device=q.device) + offset
             return F.cross_entropy(logits, labels) * (2 * self.temperature)

@@ -22,13 +22,12 @@ Different from the official code:
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from mixmask.config import SimCLRConfig
 from mixmask.models.backbone import Backbone, ViTBackbone
-from mixmask.models.mocov3 import embedding_spread, pooled, two_views
+from mixmask.models.mocov3 import embedding_spread, gather_rows, pooled, two_views
 
 
 def projection_head(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -43,30 +42,13 @@ def projection_head(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int)
     return nn.Sequential(*layers, nn.Linear(hidden_dim, out_dim, bias=False), last_bn)
 
 
-def gather_with_gradients(z: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The rows of every process in rank order, gradients flowing back to each process's own rows (torch's
-    differentiable all-gather), and where this process's rows start. Unequal batches are padded for the gather."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return z, 0
-    from torch.distributed.nn.functional import all_gather
-
-    world, rank = dist.get_world_size(), dist.get_rank()
-    size = torch.tensor([len(z)], device=z.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
-    padded = torch.cat([z, z.new_zeros((max(counts) - len(z), *z.shape[1:]))])
-    gathered = all_gather(padded)
-    return torch.cat([g[:n] for g, n in zip(gathered, counts, strict=True)]), sum(counts[:rank])
-
-
 def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
     """SimCLR's loss for the views ``z_a``, ``z_b`` (N, D) of this process's images, negatives from all processes:
     the sum of both directions' cross entropies, each averaged over the images. In fp32."""
     with torch.autocast(z_a.device.type, enabled=False):
         z_a, z_b = F.normalize(z_a.float(), dim=1), F.normalize(z_b.float(), dim=1)
-        all_a, offset = gather_with_gradients(z_a)
-        all_b, _ = gather_with_gradients(z_b)
+        all_a, offset = gather_rows(z_a, with_gradients=True)
+        all_b, _ = gather_rows(z_b, with_gradients=True)
         own = torch.arange(len(z_a), device=z_a.device) + offset
         self_mask = F.one_hot(own, len(all_a)).bool()
 
