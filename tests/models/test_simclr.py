@@ -59,3 +59,46 @@ def test_projector_follows_simclr_v2_and_gradients_reach_the_backbone():
     out["loss"].backward()
     assert all(p.grad is not None for p in model.backbone.parameters())
     assert out["monitor/embedding_spread"] > 0.5
+
+
+def _gather_worker(rank: int, world: int, init_file: str, queue) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        z1, z2 = torch.randn(8, 5, generator=generator), torch.randn(8, 5, generator=generator)
+        mine = slice(4 * rank, 4 * rank + 4)
+        a, b = z1[mine].clone().requires_grad_(True), z2[mine].clone().requires_grad_(True)
+        loss = nt_xent(a, b, 0.5)
+        loss.backward()
+        queue.put((rank, loss.item(), a.grad.tolist(), b.grad.tolist()))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_negatives_come_from_every_process_with_their_gradients(tmp_path):
+    """Two gloo processes with 4 images each: the mean of their losses is the loss of the whole batch of 8 in one
+    process, and the gradient reaching each process's embeddings (summed back by the differentiable gather, as
+    DDP then averages) is world x that of the one-process loss."""
+    context = torch.multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    processes = [
+        context.Process(target=_gather_worker, args=(rank, 2, str(tmp_path / "init"), queue)) for rank in range(2)
+    ]
+    for process in processes:
+        process.start()
+    results = dict((r[0], r[1:]) for r in (queue.get(timeout=120) for _ in processes))
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    generator = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(8, 5, generator=generator), torch.randn(8, 5, generator=generator)
+    z1.requires_grad_(True)
+    z2.requires_grad_(True)
+    whole = nt_xent(z1, z2, 0.5)
+    whole.backward()
+    assert (results[0][0] + results[1][0]) / 2 == pytest.approx(whole.item(), rel=1e-5)
+    for rank in range(2):
+        mine = slice(4 * rank, 4 * rank + 4)
+        torch.testing.assert_close(torch.tensor(results[rank][1]) / 2, z1.grad[mine], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(torch.tensor(results[rank][2]) / 2, z2.grad[mine], rtol=1e-4, atol=1e-6)
