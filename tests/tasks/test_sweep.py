@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from mixmask.cli import main
-from mixmask.config import ConfigError
+from mixmask.config import ConfigError, load_config
 from mixmask.engine.checkpoint import latest_intact_checkpoint
 from mixmask.models.classifier import Classifier
 from mixmask.store import ResultsStore
-from mixmask.tasks.sweep import load_sweep, run_sweep
+from mixmask.tasks import sweep as sweep_module
+from mixmask.tasks.sweep import gpu_slots, load_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -302,3 +303,54 @@ def test_a_checkpoint_variant_is_evaluated_beside_trained_ones(tmp_path):
     ):
         with pytest.raises(ConfigError, match="a checkpoint variant needs `model`"):
             load_sweep(data=tiny_sweep(variants=[bad]))
+
+
+def test_each_job_gets_its_own_gpus_and_too_many_is_one_clear_line():
+    gpus = ["3", "5", "6", "7"]
+    assert gpu_slots(gpus, jobs=2, nproc=2) == ["3,5", "6,7"]
+    assert gpu_slots(gpus, jobs=4, nproc=1) == ["3", "5", "6", "7"]
+    assert gpu_slots([], jobs=3, nproc=2) == [None, None, None]  # no GPU: the jobs share the CPU
+    with pytest.raises(
+        ConfigError, match=r"--jobs 3 x nproc 2 needs 6 GPUs, but 4 are visible \(3,5,6,7\); use --jobs 2"
+    ):
+        gpu_slots(gpus, jobs=3, nproc=2)
+
+
+def test_parallel_jobs_start_with_their_gpu_slice_and_reuse_a_freed_one(tmp_path, monkeypatch):
+    """Three variants, two jobs of one GPU each: the third starts on the GPU the first one freed."""
+    started = []
+
+    class Finished:
+        returncode = 0
+
+        def __init__(self, command, stdout, stderr, env):
+            started.append((command[command.index("--variant") + 1], env["CUDA_VISIBLE_DEVICES"]))
+
+        def poll(self):
+            return 0
+
+    variants = [*tiny_sweep()["variants"], {"name": "scratch2", "stages": ["finetune", "evaluate"]}]
+    sweep = load_sweep(data=tiny_sweep(variants=variants))
+    store = sweep_module.open_store(sweep, tmp_path)
+    monkeypatch.setattr(sweep_module, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(sweep_module.subprocess, "Popen", Finished)
+    monkeypatch.setattr(sweep_module.time, "sleep", lambda seconds: None)
+    try:
+        assert sweep_module._run_parallel(sweep, sweep.variants, tmp_path, 2, store) == 0
+    finally:
+        store.close()
+    assert started == [("p4", "0"), ("scratch", "1"), ("scratch2", "0")]
+
+
+def test_multi_process_stages_rendezvous_on_a_free_port(tmp_path, monkeypatch):
+    commands = []
+
+    def fake_run(command, check):
+        commands.append(command)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(sweep_module.subprocess, "run", fake_run)
+    cfg = load_config(ROOT / "configs/pretrain/a2mim_tiny_shapesx.yaml")
+    with pytest.raises(RuntimeError, match="stop here"):
+        sweep_module.run_stage("pretrain", cfg, tmp_path / "run", nproc=2)
+    assert commands[0][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

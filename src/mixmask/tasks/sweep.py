@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import platform
 import re
 import shutil
@@ -333,7 +334,8 @@ def run_stage(stage: str, cfg: Config, run_dir: Path, nproc: int = 1, weights: s
         if nproc > 1:
             config_file = save_config(cfg, run_dir.parent / f"{stage}.yaml")
             where = ["--resume", str(run_dir)] if resume else [str(config_file), "--out", str(run_dir)]
-            command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+            # --standalone: a rendezvous on a free local port, so stages of concurrent jobs never collide
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
             subprocess.run([*command, "-m", "mixmask", stage, *where], check=True)
         else:
             task = pretrain if stage == "pretrain" else finetune
@@ -395,15 +397,42 @@ def run_sweep(sweep: Sweep, sweep_dir: str | Path, jobs: int = 1, only: str | No
         store.close()
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (indices when it is unset)."""
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [g.strip() for g in listed.split(",") if g.strip()] if listed else []
+    return names[: torch.cuda.device_count()] or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_slots(gpus: list[str], jobs: int, nproc: int) -> list[str | None]:
+    """Each of ``jobs`` concurrent variants gets its own ``nproc`` GPUs, as a ``CUDA_VISIBLE_DEVICES`` value (None
+    everywhere on a machine without GPUs: the jobs share the CPU). More GPUs asked for than visible is a
+    ConfigError saying how many there are."""
+    if not gpus:
+        return [None] * jobs
+    if jobs * nproc > len(gpus):
+        raise ConfigError(
+            f"sweep: --jobs {jobs} x nproc {nproc} needs {jobs * nproc} GPUs, but {len(gpus)} are visible "
+            f"({','.join(gpus)}); use --jobs {max(1, len(gpus) // nproc)} or fewer"
+        )
+    return [",".join(gpus[k * nproc : (k + 1) * nproc]) for k in range(jobs)]
+
+
 def _run_parallel(sweep: Sweep, variants: list[PlannedVariant], sweep_dir: Path, jobs: int, store: ResultsStore) -> int:
+    free_slots = gpu_slots(visible_gpus(), jobs, sweep.nproc)
     source = str(sweep.file) if sweep.file else None
     if source is None:  # an inline sweep: the children read it from the sweep folder
         source = str(sweep_dir / "sweep.yaml")
         Path(source).write_text(sweep.text)
     waiting, running, failed = list(variants), {}, 0
+    slot_of: dict[str, str | None] = {}
     while waiting or running:
-        while waiting and len(running) < jobs:
+        while waiting and free_slots:
             variant = waiting.pop(0)
+            slot = slot_of[variant.name] = free_slots.pop(0)
+            env = dict(os.environ) if slot is None else {**os.environ, "CUDA_VISIBLE_DEVICES": slot}
             log = sweep_dir / "runs" / variant.name / "log.txt"
             log.parent.mkdir(parents=True, exist_ok=True)
             command = [
@@ -418,12 +447,14 @@ def _run_parallel(sweep: Sweep, variants: list[PlannedVariant], sweep_dir: Path,
                 variant.name,
             ]
             with log.open("a") as handle:
-                running[variant.name] = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
-            print(f"== {variant.name}: started (log: {log})", flush=True)
+                running[variant.name] = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+            gpus = "" if slot is None else f", GPUs {slot}"
+            print(f"== {variant.name}: started (log: {log}{gpus})", flush=True)
         time.sleep(1.0)
         for name, process in list(running.items()):
             if process.poll() is not None:
                 del running[name]
+                free_slots.append(slot_of.pop(name))
                 failed += process.returncode != 0
                 states = ", ".join(f"{r['stage']} {r['status']}" for r in store.runs(name))
                 print(f"== {name}: {'finished' if process.returncode == 0 else 'FAILED'} ({states})", flush=True)
