@@ -2,15 +2,19 @@
 
     python benchmarks/pretrain_step.py                       # resnet_tiny at 64 px on the CPU (and CUDA if present)
     python benchmarks/pretrain_step.py --backbone resnet50 --size 224 --batch 256 --device cuda
+    python benchmarks/pretrain_step.py --compile    # also the A2MIM step under torch.compile (train.compile)
 
 Both steps are forward + backward + AdamW; the A2MIM step also draws masks on the device, fills, adds the token and
 computes the spatial + focal frequency loss. Steps alternate between the two so that drifts in machine speed hit both
-alike; the median of each is reported. Target: ratio <= 1.25.
+alike; the median of each is reported. Target: ratio <= 1.25. With ``--compile`` a third step, the same A2MIM model
+compiled as ``train.compile`` does (whole model, masks drawn outside), alternates with them; its compile time is
+reported apart and ``speedup`` is eager / compiled.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -32,7 +36,9 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def measure(backbone: str, size: int, batch: int, patch: int, device: torch.device, steps: int, warmup: int) -> dict:
+def measure(
+    backbone: str, size: int, batch: int, patch: int, device: torch.device, steps: int, warmup: int, compile_too: bool
+) -> dict:
     cfg = load_config(
         None,
         [f"model.backbone={backbone}", f"data.image_size={size}", f"masking.strategies=[{{patch_size: {patch}}}]"],
@@ -71,14 +77,35 @@ def measure(backbone: str, size: int, batch: int, patch: int, device: torch.devi
         sup_opt.step()
         sup_opt.zero_grad(set_to_none=True)
 
-    mim_times, sup_times = [], []
+    compiled_step, compile_s = None, None
+    if compile_too:
+        compiled = torch.compile(copy.deepcopy(mim))
+        compiled_opt = build_optimizer(compiled, cfg.optim, cfg.optim.lr, fused=cuda)
+
+        def compiled_step():
+            masks = masker(next(counter), batch, size, generator=generator)
+            with autocast:
+                loss = compiled(images, masks)["loss"]
+            loss.backward()
+            compiled_opt.step()
+            compiled_opt.zero_grad(set_to_none=True)
+
+        compile_s = timed(compiled_step, device)  # the first call compiles
+
+    mim_times, sup_times, compiled_times = [], [], []
     for i in range(warmup + steps):
         a, b = timed(mim_step, device), timed(supervised_step, device)
+        c = timed(compiled_step, device) if compiled_step else None
         if i >= warmup:
             mim_times.append(a)
             sup_times.append(b)
+            compiled_times.append(c)
     mim_t, sup_t = statistics.median(mim_times), statistics.median(sup_times)
+    compiled_t = statistics.median(compiled_times) if compiled_step else None
     return {
+        "compiled_s": compiled_t,
+        "compile_s": compile_s,
+        "speedup": mim_t / compiled_t if compiled_t else None,
         "backbone": backbone,
         "size": size,
         "batch": batch,
@@ -101,6 +128,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu, then cuda when present)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time the A2MIM step under torch.compile")
     args = parser.parse_args()
 
     runs = []
@@ -112,11 +140,16 @@ def main() -> None:
         f"{'device':<32} {'backbone':<12} {'size':>4} {'batch':>5} {'A2MIM s':>8} {'sup. s':>8} {'ratio':>6} {'A2MIM img/s':>11}"
     )
     for device, backbone, size, batch, patch in runs:
-        r = measure(backbone, size, batch, patch, torch.device(device), args.steps, args.warmup)
+        r = measure(backbone, size, batch, patch, torch.device(device), args.steps, args.warmup, args.compile)
         print(
             f"{r['device']:<32} {backbone:<12} {size:>4} {batch:>5} {r['a2mim_s']:>8.4f} {r['supervised_s']:>8.4f} "
             f"{r['ratio']:>6.3f} {r['a2mim_img_s']:>11.1f}"
         )
+        if r["compiled_s"] is not None:
+            print(
+                f"  compiled A2MIM step {r['compiled_s']:.4f} s (compiling took {r['compile_s']:.0f} s): "
+                f"speedup {r['speedup']:.3f} x over eager"
+            )
 
 
 if __name__ == "__main__":

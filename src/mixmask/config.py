@@ -491,6 +491,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: Literal["auto"] | bool = "auto"
+    # torch.compile the model (whole, static shapes: batches are full, masks are drawn outside it); the first steps
+    # compile, a new batch size (an unreadable image dropped) or mask stage compiles another graph
     compile: bool = False
     checkpoint_every_steps: int = 0  # 0: a checkpoint at the end of every epoch only
     keep_checkpoints: int = 2  # the newest N checkpoints are kept: a damaged newest one falls back to the one before

@@ -475,6 +475,7 @@ class PretrainResults(_Record):
     # monitor/teacher_entropy) and, when they say the run collapsed, why ("" otherwise)
     monitors: dict[str, float] = field(default_factory=dict)
     collapse: str = ""
+    compiled: bool = False  # trained under torch.compile (train.compile)
     task: str = "pretrain"
 
     @classmethod
@@ -499,6 +500,7 @@ class FinetuneResults(_Record):
     seconds: dict[str, float] = field(default_factory=dict)
     knn: dict[str, Any] | None = None
     train_images: int | None = None  # the labelled images trained on (finetune.label_fraction of the split)
+    compiled: bool | None = None  # trained under torch.compile (train.compile); None for a kNN probe
     task: str = "finetune"
 
     omit_none = True

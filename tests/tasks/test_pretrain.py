@@ -267,3 +267,34 @@ def test_joint_embedding_methods_pretrain_and_record_their_collapse_monitors(met
     assert set(results["monitors"]) == expected and results["collapse"] == ""
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all("monitor/embedding_spread" in m for m in metrics)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_is_recorded(tmp_path):
+    """train.compile: one graph for all of A2MIM's steps (masks drawn outside it), the same losses as eager training up to
+    the compiler's float reordering, and results.json says the run was compiled."""
+    from torch._dynamo.utils import counters
+
+    overrides = [
+        "data.image_size=32",
+        "data.shapesx={train: 96, val: 16}",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "train.log_every_steps=2",
+        "train.reconstruction_every_epochs=0",
+    ]
+    config = ROOT / "configs/pretrain/a2mim_tiny_shapesx.yaml"
+    eager = pretrain(load_config(config, overrides), out=tmp_path / "eager")
+    counters.clear()
+    compiled = pretrain(load_config(config, [*overrides, "train.compile=true"]), out=tmp_path / "compiled")
+    # one graph for every training step (new masks each step recompile nothing), one for the last epoch's
+    # reconstruction figures (eval mode, 8 images)
+    assert counters["stats"]["unique_graphs"] == 2
+    results = [json.loads((run / "results.json").read_text()) for run in (eager, compiled)]
+    assert [r["compiled"] for r in results] == [False, True]
+    losses = [
+        [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (eager, compiled)
+    ]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)

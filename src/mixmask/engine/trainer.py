@@ -34,6 +34,7 @@ from mixmask.engine.checkpoint import (
 )
 from mixmask.engine.distributed import Dist, all_sum
 from mixmask.engine.optim import base_lr, build_optimizer, lr_at, set_lr, set_weight_decay, weight_decay_at
+from mixmask.models.backbone import Backbone, ViTBackbone
 
 StepFn = Callable[[nn.Module, Batch, int], dict[str, torch.Tensor]]
 
@@ -139,6 +140,19 @@ class MetricsLog:
             self.writer.close()
 
 
+def compile_in_place(model: nn.Module) -> None:
+    """``train.compile``: torch.compile the model's forward in place (its state dict keeps its names). A masked-image
+    model is compiled whole: its masks are drawn outside it and its inputs keep their shapes (full batches), so its
+    steps share one graph. A two-view model's forward takes this step's schedules as Python numbers, on which a
+    compiled graph would specialise and recompile every step: its encoders are compiled instead."""
+    if getattr(model, "two_views", False):
+        for module in model.modules():
+            if isinstance(module, (Backbone, ViTBackbone)):
+                module.compile()
+    else:
+        model.compile()
+
+
 def fit(
     cfg: Config,
     run_dir: Path,
@@ -171,6 +185,8 @@ def fit(
         if cuda:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if cuda else None)
+    if train.compile:
+        compile_in_place(inner)
     use_bf16 = train.precision == "bf16" or (train.precision == "auto" and cuda)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
@@ -311,4 +327,5 @@ def fit(
         "unreadable": unreadable,
         "seconds": time.perf_counter() - started,
         "seconds_per_step": gaps[len(gaps) // 2] if gaps else None,
+        "compiled": train.compile,
     }

@@ -150,6 +150,7 @@ def finetune(cfg: Config, out: str | Path | None = None, resume: str | Path | No
                 results.final_loss = summary["final"]
                 results.unreadable_images = summary["unreadable"]
                 results.seconds = {"train": summary["seconds"], "per_step": summary["seconds_per_step"]}
+                results.compiled = summary["compiled"]
                 results.accuracy = validation_accuracy(classifier, cfg, dist.device)
         if dist.main:
             write_json(run_dir / "results.json", results.to_json())

@@ -131,6 +131,7 @@ def pretrain(cfg: Config, out: str | Path | None = None, resume: str | Path | No
                 reconstruction=recon,
                 unreadable_images=summary["unreadable"],
                 seconds={"train": summary["seconds"], "per_step": summary["seconds_per_step"]},
+                compiled=summary["compiled"],
             )
             write_json(run_dir / "results.json", results.to_json())
             if results.collapse:
