@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from mixmask.config import DataConfig
-from mixmask.data import DataError, Repeated, few_images, label_fraction, pretraining_subset
+from mixmask.data import DataError, Repeated, few_images, label_fraction, pretraining_subset, resolve_num_workers
 from mixmask.data.shapesx import ShapesX
 
 
@@ -81,3 +81,17 @@ def test_a_pretraining_subset_keeps_the_epoch_at_the_full_size():
     three = pretraining_subset(train, DataConfig(subset=3, repeat=5), seed=0)
     assert len(three) == 15 and [three[i][1] for i in range(6)] == [0, 1, 2, 0, 1, 2]
     assert len(pretraining_subset(train, DataConfig(subset=300), seed=0)) == 1200  # ceil(1000 / 300) = 4 times
+
+
+@pytest.mark.parametrize(
+    ("cores", "local_processes", "expected"),
+    [(2, None, 0), (16, None, 15), (16, "4", 3), (64, "8", 7), (8, "4", 0)],
+)
+def test_auto_workers_share_the_cores_among_the_local_processes(cores, local_processes, expected, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    if local_processes is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_processes)
+    assert resolve_num_workers("auto") == expected
+    assert resolve_num_workers(3) == 3

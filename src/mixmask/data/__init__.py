@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
@@ -134,11 +135,14 @@ def pretraining_subset(dataset: Dataset, cfg: DataConfig, seed: int) -> Dataset:
 
 
 def resolve_num_workers(value: int | str) -> int:
-    """``auto``: no workers on a 2-core machine (they only compete with the main process), else up to 8."""
+    """``auto``: the cores this process may use, shared with the other processes of this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``: one per local GPU), less one for the process itself; no workers when a process has 2
+    cores or fewer (they would only compete with it)."""
     if value != "auto":
         return int(value)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 0 if cores <= 2 else min(8, cores - 1)
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return 0 if per_process <= 2 else per_process - 1
 
 
 def check_dataset(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
@@ -178,4 +182,5 @@ def eval_loader(dataset: Dataset, cfg: DataConfig, batch_size: int, max_images: 
         shuffle=False,
         num_workers=resolve_num_workers(cfg.num_workers),
         collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
     )

@@ -102,14 +102,16 @@ def make_loader(dataset: Dataset, cfg: Config, dist: Dist) -> tuple[DataLoader, 
             f"{train.accum_steps} batch(es) of it on each of {dist.world} process(es); use a smaller batch"
             + (" or a larger data.repeat" if cfg.data.subset else "")
         )
+    workers = resolve_num_workers(cfg.data.num_workers)
     loader = DataLoader(
         SeededAugmentation(dataset, cfg.train.seed),
         batch_size=cfg.train.batch_size,
         sampler=sampler,
-        num_workers=resolve_num_workers(cfg.data.num_workers),
+        num_workers=workers,
         collate_fn=collate,
         pin_memory=dist.device.type == "cuda",
         drop_last=True,
+        persistent_workers=workers > 0,  # no new worker processes (and dataset copies) every epoch
     )
     return loader, sampler
 
