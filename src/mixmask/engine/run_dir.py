@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -68,10 +69,32 @@ def open_run_dir(
     else:
         made = str(new_run_dir(cfg, kind, out, method)) if dist.main else ""
         run_dir = Path(distributed.broadcast_text(made, dist))
+    check_shared(run_dir, dist)
     if dist.main:
         save_config(cfg, run_dir / "config.yaml")
         print(f"run folder: {run_dir}")
     return run_dir
+
+
+def check_shared(run_dir: Path, dist: Dist) -> None:
+    """Every process must see the run folder as rank 0 does (its ``run.json``): a run across nodes writes one
+    folder, so it must be on a file system every node shares. All processes fail together, in one line."""
+    from mixmask.engine import distributed
+
+    if dist.world == 1:
+        return
+    info = run_dir / "run.json"
+    expected = distributed.broadcast_text(info.read_text() if dist.main and info.is_file() else "", dist)
+    if not expected:
+        return  # a run from before run.json: nothing to compare
+    sees = info.is_file() and info.read_text() == expected
+    blind = int(distributed.all_sum(0 if sees else 1, dist))
+    if blind:
+        raise RunDirError(
+            f"{blind} of {dist.world} processes do not see the run folder {run_dir} that rank 0 made (this one, rank "
+            f"{dist.rank} on {socket.gethostname()}, {'does' if sees else 'does not'}); a run across nodes needs its "
+            "folder on a file system every node shares (train.out_dir or --out)"
+        )
 
 
 def run_task(run_dir: str | Path) -> str:
@@ -97,4 +120,13 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["RunDirError", "new_run_dir", "open_run_dir", "resume_config", "run_task", "save_config", "write_json"]
+__all__ = [
+    "RunDirError",
+    "check_shared",
+    "new_run_dir",
+    "open_run_dir",
+    "resume_config",
+    "run_task",
+    "save_config",
+    "write_json",
+]
