@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mixmask.data import folders
 from mixmask.data.common import Batch, DataError, Unreadable, collate
 from mixmask.data.folders import ClassFolderDataset, UnreadableImageError, check_splits
 
@@ -133,3 +134,33 @@ def test_check_splits(tree, tmp_path):
     check_splits(train_ds, ClassFolderDataset(tree))
     with pytest.raises(DataError, match=r"only in train .*: n02; only in val .*: n03"):
         check_splits(train_ds, ClassFolderDataset(val))
+
+
+def test_a_large_tree_is_listed_once_and_listed_again_when_a_folder_changes(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXMASK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(folders, "CACHE_MIN_IMAGES", 1)  # the fixture's tree counts as large
+    first = ClassFolderDataset(tree)
+    indexes = list((tmp_path / "cache" / "index").glob("*.json"))
+    assert len(indexes) == 1
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("the tree was walked although its index is current")
+
+    monkeypatch.setattr(folders.os, "walk", no_walk)
+    assert ClassFolderDataset(tree).samples == first.samples  # from the index
+    monkeypatch.undo()
+    monkeypatch.setenv("MIXMASK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(folders, "CACHE_MIN_IMAGES", 1)
+    added = tree / first.classes[0] / "zz_added.png"
+    _save(added)
+    os.utime(added.parent, ns=(0, os.stat(added.parent).st_mtime_ns + 1_000_000))  # coarse clocks: a new time
+    again = ClassFolderDataset(tree)
+    assert str(added) in {path for path, _ in again.samples} and len(again) == len(first) + 1
+    indexes[0].write_text("{damaged")  # an unreadable index is ignored and rewritten
+    assert ClassFolderDataset(tree).samples == again.samples
+
+
+def test_small_trees_leave_no_index(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXMASK_CACHE", str(tmp_path / "cache"))
+    ClassFolderDataset(tree)
+    assert not (tmp_path / "cache").exists()

@@ -3,13 +3,19 @@
 Classes are the sorted folder names, as torchvision's ImageFolder orders them, so a wnid's label on full ImageNet is
 its ImageNet-1k index. Problems with the tree itself (missing root, empty class) raise ``DataError`` when the data
 set is built, before any training; an image that cannot be decoded is returned as ``Unreadable`` (``collate``
-drops it and the training loop counts it) or, with ``strict=True``, raises ``UnreadableImageError``.
+drops it and the training loop counts it) or, with ``strict=True``, raises ``UnreadableImageError``. Large trees
+are listed once and indexed (``list_class_images``); under torchrun rank 0 lists, the other ranks read its index.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -29,14 +35,76 @@ def is_image_file(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bo
     return name.lower().endswith(tuple(e.lower() for e in extensions))
 
 
-def _list_images(folder: str, extensions: Sequence[str]) -> list[str]:
-    """Image files under ``folder`` (recursive, following symlinks), sorted by path relative to ``folder``."""
+def _list_images(folder: str, extensions: Sequence[str], walked: list[str] | None = None) -> list[str]:
+    """Image files under ``folder`` (recursive, following symlinks), sorted by path relative to ``folder``; the
+    folders walked are added to ``walked``."""
     suffixes = tuple(e.lower() for e in extensions)
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if walked is not None:
+            walked.append(dirpath)
         found.extend(os.path.join(dirpath, name) for name in filenames if name.lower().endswith(suffixes))
     return sorted(found)
+
+
+CACHE_MIN_IMAGES = 10_000  # smaller trees list in well under a second: not worth a cache file
+
+
+def index_cache_dir() -> Path:
+    """Where folder indexes are kept: ``$MIXMASK_CACHE``, else ``$XDG_CACHE_HOME/mixmask``, else ``~/.cache/mixmask``."""
+    if os.environ.get("MIXMASK_CACHE"):
+        return Path(os.environ["MIXMASK_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixmask"
+
+
+def _folder_times(folders: Sequence[str]) -> dict[str, int]:
+    return {folder: os.stat(folder).st_mtime_ns for folder in folders}
+
+
+def list_class_images(root: str, classes: Sequence[str], extensions: Sequence[str]) -> list[list[str]]:
+    """Each class folder's image files (``_list_images``), read from an index file when no folder under ``root``
+    changed since it was written: a folder's modification time changes whenever a file is added to it, removed
+    from it or renamed in it, so the index is kept with the time of every folder it walked and used only when all
+    still match. Walking ImageNet's 1.28 M files takes minutes on a network file system; checking its 1,000
+    folders' times does not. Trees under ``CACHE_MIN_IMAGES`` images are listed without an index. The index is
+    written atomically; one that cannot be read or written is ignored."""
+    key = hashlib.sha256(json.dumps([os.path.abspath(root), list(classes), list(extensions)]).encode()).hexdigest()
+    index = index_cache_dir() / "index" / f"{key[:32]}.json"
+    try:
+        cached = json.loads(index.read_text())
+        if _folder_times(cached["folders"]) == cached["folders"]:
+            return cached["images"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no index yet, a changed tree or a damaged file: list the tree
+    walked: list[str] = []
+    images = [_list_images(os.path.join(root, name), extensions, walked) for name in classes]
+    if sum(map(len, images)) >= CACHE_MIN_IMAGES:
+        try:
+            index.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=index.parent, prefix=f".{index.name}.")
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"root": os.path.abspath(root), "folders": _folder_times(walked), "images": images}, handle)
+            os.replace(tmp, index)
+        except OSError:
+            pass  # a read-only home: the next run lists the tree again
+    return images
+
+
+@contextmanager
+def rank_zero_first():
+    """Under torchrun, rank 0 runs the block first (listing the tree and writing its index), then the others (which
+    read the index); rank 0 releases them even when it fails, so they fail with the same error instead of waiting."""
+    import torch.distributed as dist
+
+    multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if multi and dist.get_rank() != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if multi and dist.get_rank() == 0:
+            dist.barrier()
 
 
 def _class_folders(root: str) -> list[str]:
@@ -104,8 +172,9 @@ class ClassFolderDataset(Dataset):
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
         empty = []
-        for label, name in enumerate(self.classes):
-            paths = _list_images(os.path.join(self.root, name), extensions)
+        with rank_zero_first():
+            listed = list_class_images(self.root, self.classes, extensions)
+        for label, (name, paths) in enumerate(zip(self.classes, listed, strict=True)):
             if not paths:
                 empty.append(name)
             self.samples.extend((path, label) for path in paths)
