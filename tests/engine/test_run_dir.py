@@ -5,10 +5,11 @@ import torch
 
 from mixmask.engine.distributed import Dist
 from mixmask.engine.run_dir import RunDirError, check_shared
+from tests.gloo import run_two_processes
 
 
-def _worker(rank: int, init_file: str, folders: list[str], queue) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+def _worker(rank: int, world: int, init_file: str, queue, folders: list[str]) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         from pathlib import Path
 
@@ -22,17 +23,7 @@ def _worker(rank: int, init_file: str, folders: list[str], queue) -> None:
 
 
 def _run(tmp_path, folders: list[str], init: str) -> dict[int, str]:
-    context = torch.multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=_worker, args=(rank, str(tmp_path / init), folders, queue)) for rank in range(2)
-    ]
-    for process in processes:
-        process.start()
-    results = dict(queue.get(timeout=120) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-    return results
+    return {rank: message for rank, (message,) in run_two_processes(_worker, str(tmp_path / init), folders).items()}
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from mixmask.engine.optim import build_optimizer, set_lr
 from mixmask.models.backbone import build_backbone
 from mixmask.models.classifier import Classifier, load_backbone_weights, read_weights
 from mixmask.models.mocov3 import MoCoV3, collapse, embedding_spread, gather_rows, momentum_at
+from tests.gloo import run_two_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,17 +182,7 @@ def _gather_worker(rank: int, world: int, init_file: str, queue) -> None:
 @pytest.mark.slow
 def test_keys_are_gathered_from_every_process(tmp_path):
     """Two gloo processes with 4 and 6 images: each sees all 10 keys and its own positives at its offset."""
-    context = torch.multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=_gather_worker, args=(rank, 2, str(tmp_path / "init"), queue)) for rank in range(2)
-    ]
-    for process in processes:
-        process.start()
-    results = dict((r[0], r[1:]) for r in (queue.get(timeout=120) for _ in processes))
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = run_two_processes(_gather_worker, str(tmp_path / "init"))
     generator = torch.Generator().manual_seed(0)
     q_all, k_all = torch.randn(10, 6, generator=generator), torch.randn(10, 6, generator=generator)
     for rank, (start, stop) in enumerate([(0, 4), (4, 10)]):

@@ -8,6 +8,7 @@ from mixmask.config import SimCLRConfig
 from mixmask.data.transforms import symmetric_views_transform
 from mixmask.models.backbone import build_backbone
 from mixmask.models.simclr import SimCLR, nt_xent
+from tests.gloo import run_two_processes
 from tests.models.fixed_views import losses_on_fixed_views
 
 
@@ -82,17 +83,7 @@ def test_negatives_come_from_every_process_with_their_gradients(tmp_path):
     """Two gloo processes with 4 images each: the mean of their losses is the loss of the whole batch of 8 in one
     process, and the gradient reaching each process's embeddings (summed back by the differentiable gather, as
     DDP then averages) is world x that of the one-process loss."""
-    context = torch.multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=_gather_worker, args=(rank, 2, str(tmp_path / "init"), queue)) for rank in range(2)
-    ]
-    for process in processes:
-        process.start()
-    results = dict((r[0], r[1:]) for r in (queue.get(timeout=120) for _ in processes))
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = run_two_processes(_gather_worker, str(tmp_path / "init"))
     generator = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(8, 5, generator=generator), torch.randn(8, 5, generator=generator)
     z1.requires_grad_(True)
