@@ -23,6 +23,7 @@ from torch import nn
 
 from mixmask.config import load_config
 from mixmask.engine.optim import build_optimizer
+from mixmask.engine.trainer import compile_in_place
 from mixmask.models.factory import build_pretrain_model
 
 
@@ -62,13 +63,18 @@ def measure(
     generator = torch.Generator(device=device).manual_seed(0)
     counter = iter(range(10**9))
 
-    def mim_step():
-        masks = masker(next(counter), batch, size, generator=generator)
-        with autocast:
-            loss = mim(images, masks)["loss"]
-        loss.backward()
-        mim_opt.step()
-        mim_opt.zero_grad(set_to_none=True)
+    def masked_step(model: nn.Module, optimizer: torch.optim.Optimizer):
+        def step():
+            masks = masker(next(counter), batch, size, generator=generator)
+            with autocast:
+                loss = model(images, masks)["loss"]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    mim_step = masked_step(mim, mim_opt)
 
     def supervised_step():
         with autocast:
@@ -79,17 +85,9 @@ def measure(
 
     compiled_step, compile_s = None, None
     if compile_too:
-        compiled = torch.compile(copy.deepcopy(mim))
-        compiled_opt = build_optimizer(compiled, cfg.optim, cfg.optim.lr, fused=cuda)
-
-        def compiled_step():
-            masks = masker(next(counter), batch, size, generator=generator)
-            with autocast:
-                loss = compiled(images, masks)["loss"]
-            loss.backward()
-            compiled_opt.step()
-            compiled_opt.zero_grad(set_to_none=True)
-
+        compiled = copy.deepcopy(mim)
+        compile_in_place(compiled)  # as train.compile does
+        compiled_step = masked_step(compiled, build_optimizer(compiled, cfg.optim, cfg.optim.lr, fused=cuda))
         compile_s = timed(compiled_step, device)  # the first call compiles
 
     mim_times, sup_times, compiled_times = [], [], []
