@@ -8,13 +8,16 @@ from mixmask.data.common import collate
 from mixmask.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    complementary_views_transform,
     denormalize,
     eval_transform,
     eval_transform_for,
     input_augment_transform,
     multi_crop_transform,
+    normalize,
     symmetric_views_transform,
     train_transform,
+    two_view_transform,
 )
 
 NO_NORM = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
@@ -175,3 +178,29 @@ def test_multi_crop_gives_global_and_local_crops_that_batch_by_size():
     assert [tuple(part.shape) for part in batch.images] == [(4, 2, 3, 32, 32), (4, 3, 3, 16, 16)]
     assert len(batch) == 4
     assert multi_crop_transform(32, 16, (0.4, 1.0), (0.05, 0.4), local_count=0)(image).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda **norm: train_transform(32, (0.2, 1.0), **norm),
+        lambda **norm: two_view_transform(32, (0.2, 1.0), **norm),
+        lambda **norm: symmetric_views_transform("simclr", 32, (0.2, 1.0), **norm),
+        lambda **norm: multi_crop_transform(32, 16, (0.4, 1.0), (0.05, 0.4), local_count=2, **norm),
+        lambda **norm: input_augment_transform(32, (0.8, 1.0), ["self_cutmix", "color_jitter", "patch_mask"], **norm),
+        lambda **norm: complementary_views_transform(32, (0.8, 1.0), ["patch_mask"], **norm),
+    ],
+    ids=["train", "two_view", "symmetric", "multi_crop", "input_augment", "complementary"],
+)
+def test_uint8_crops_normalised_later_equal_normalised_crops(build):
+    """The training path (uint8 crops, ``normalize`` after the loader) gives bitwise today's float crops."""
+    image = coordinate_image().resize((80, 50))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        reference = build()(image)
+        torch.manual_seed(seed)
+        raw = build(mean=None, std=None)(image)
+        parts = zip(reference, raw, strict=True) if isinstance(raw, tuple) else [(reference, raw)]
+        for expected, crops in parts:
+            assert crops.dtype == torch.uint8
+            assert torch.equal(normalize(crops, IMAGENET_MEAN, IMAGENET_STD), expected)

@@ -1,4 +1,4 @@
-"""The training loop: exact resume, sampling, accumulation, NaN stop, idle parameters."""
+"""The training loop: exact resume, sampling, accumulation, NaN stop, idle parameters, batches on the device."""
 
 import json
 import math
@@ -7,10 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from mixmask.data import Batch
+from mixmask.data.transforms import normalize
 from mixmask.engine import checkpoint as ckpt
 from mixmask.engine.distributed import Dist
 from mixmask.engine.optim import build_optimizer
-from mixmask.engine.trainer import EpochSampler, TrainingDiverged, fit
+from mixmask.engine.trainer import DeviceBatches, EpochSampler, TrainingDiverged, fit
 from tests.engine.tiny import Interrupt, RandomImages, TinyNet, classify, config
 
 
@@ -106,3 +108,57 @@ def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
     fit(config(epochs=1, batch_size=8, accum_steps=2), tmp_path / "b", two, RandomImages(), classify, Dist())
     for key, value in one.state_dict().items():
         torch.testing.assert_close(value, two.state_dict()[key], rtol=1e-4, atol=1e-6)
+
+
+def uint8_batches(count=3):
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for i in range(count):
+        images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g)
+        crops = torch.randint(0, 256, (4, 2, 3, 4, 4), dtype=torch.uint8, generator=g)
+        batches.append(Batch((images, crops) if i % 2 else images, torch.arange(4), torch.arange(4)))
+    return batches
+
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def expected(images):
+    return normalize(images, MEAN, STD) if images.dtype == torch.uint8 else images
+
+
+def test_device_batches_normalise_uint8_images_and_keep_float_ones():
+    float_batch = Batch(torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), torch.arange(2))
+    source = [*uint8_batches(), float_batch]
+    out = list(DeviceBatches(source, torch.device("cpu"), MEAN, STD, channels_last=False))
+    assert len(out) == len(source)
+    for got, sent in zip(out, source, strict=True):
+        if isinstance(sent.images, tuple):  # multi-crop: each part on its own
+            assert all(torch.equal(g, expected(s)) for g, s in zip(got.images, sent.images, strict=True))
+        else:
+            assert got.images.dtype == torch.float32 and torch.equal(got.images, expected(sent.images))
+        assert torch.equal(got.labels, sent.labels)
+    assert float(out[0].images.mean()) == pytest.approx(
+        float(
+            (
+                (source[0].images.float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+            ).mean()
+        ),
+        abs=1e-6,
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_batches_prefetch_on_a_side_stream_gives_the_cpu_numbers():
+    source = uint8_batches(6)
+    on_cpu = list(DeviceBatches(source, torch.device("cpu"), MEAN, STD, channels_last=False))
+    on_gpu = list(DeviceBatches(source, torch.device("cuda"), MEAN, STD, channels_last=True))
+    torch.cuda.synchronize()
+    for got, want in zip(on_gpu, on_cpu, strict=True):
+        parts = (
+            zip(got.images, want.images, strict=True) if isinstance(want.images, tuple) else [(got.images, want.images)]
+        )
+        for g, w in parts:
+            assert g.is_cuda and torch.allclose(g.cpu(), w, atol=1e-6)
+    assert on_gpu[0].images.is_contiguous(memory_format=torch.channels_last)

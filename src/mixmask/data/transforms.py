@@ -1,4 +1,5 @@
-"""Image transforms of the Mix-and-Mask / A2MIM recipes (PIL image in, normalised float tensor out).
+"""Image transforms of the Mix-and-Mask / A2MIM recipes (PIL image in, normalised float tensor out; with ``mean``
+and ``std`` None, the training transforms leave the crops as uint8 for ``normalize`` on the device).
 
 Training crops at the config's scale: pretraining gently (RandomResizedCrop scale 0.8-1, as A2MIM), finetuning hard
 (0.08-1, the usual ImageNet recipe); evaluation resizes the shorter side to ``size / crop_pct`` and centre-crops;
@@ -41,20 +42,20 @@ def train_transform(
     scale: Sequence[float],
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
     colour: Sequence[Callable] = (),
     bicubic: bool = False,
 ) -> T.Compose:
     """Training: RandomResizedCrop (bilinear; ``bicubic`` as SimCLR and DINO) to ``size`` at ``scale``
     (pretraining: A2MIM's 0.8-1; finetuning: the ImageNet recipe's 0.08-1; both from the config), the ``colour``
-    steps, horizontal flip (if ``hflip``), ToTensor, Normalize."""
+    steps, horizontal flip (if ``hflip``), ToTensor, Normalize (``mean`` None: a uint8 tensor, see ``normalize``)."""
     _check(size, scale, ratio)
     mode = T.InterpolationMode.BICUBIC if bicubic else T.InterpolationMode.BILINEAR
     steps = [T.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), interpolation=mode), *colour]
     if hflip:
         steps.append(T.RandomHorizontalFlip())
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+    return _copy(steps, [], mean, std)
 
 
 def eval_transform(
@@ -142,8 +143,8 @@ def two_view_transform(
     scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
 ) -> Callable[..., torch.Tensor]:
     """MoCo v3's two asymmetric views (BYOL's augmentations): PIL image in, (2, 3, size, size) tensor out.
 
@@ -165,8 +166,8 @@ def symmetric_views_transform(
     size: int,
     scale: Sequence[float],
     hflip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
 ) -> Callable[..., torch.Tensor]:
     """Two views drawn alike, (2, 3, size, size), with ``method``'s colour augmentation after the crop:
     simclr: colour jitter at strength 1 (0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale with p 0.2, blur with p 0.5
@@ -206,8 +207,8 @@ def multi_crop_transform(
     local_scale: Sequence[float],
     local_count: int,
     hflip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
 ) -> Callable:
     """DINO's multi-crop (``DataAugmentationDINO``): bicubic crops, flips, colour jitter (0.4, 0.4, 0.2, 0.1) with
     p 0.8 and grayscale with p 0.2 on every crop; the first global crop always blurred, the second blurred with
@@ -275,9 +276,21 @@ def _one_crop(size: int, scale: Sequence[float], hflip: bool) -> list:
     return crop + ([T.RandomHorizontalFlip()] if hflip else [])
 
 
-def _copy(pil_steps: list, tensor_steps: list, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
-    """One copy of the crop: PIL steps, ToTensor, steps on the [0, 1] tensor, Normalize."""
+def _copy(pil_steps: list, tensor_steps: list, mean: Sequence[float] | None, std: Sequence[float] | None) -> T.Compose:
+    """One copy of the crop: PIL steps, ToTensor, steps on the [0, 1] tensor, Normalize; with ``mean`` None,
+    PILToTensor and the tensor steps on uint8 (0-255), normalised later by ``normalize``."""
+    if mean is None or std is None:
+        return T.Compose([*pil_steps, T.PILToTensor(), *tensor_steps])
     return T.Compose([*pil_steps, T.ToTensor(), *tensor_steps, T.Normalize(mean, std)])
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """A uint8 batch (``(..., 3, H, W)``, 0-255) as float32 normalised with ``mean`` and ``std``, wherever it lies:
+    the same operations as ToTensor and Normalize, so the same numbers as normalising in the loader."""
+    shape = (3, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(shape)
+    return images.float().div_(255).sub_(mean_t).div_(std_t)
 
 
 def _input_steps(augment: Sequence[str], mask_ratio: float, mask_patch: int, colour: bool = True):
@@ -295,8 +308,8 @@ def input_augment_transform(
     mask_ratio: float = 0.75,
     mask_patch: int = 16,
     hflip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
 ) -> T.Compose:
     """The pretraining crop (RandomResizedCrop at ``scale``, flip), returned as (clean, augmented): the model's
     target and its input, (2, 3, size, size). ``augment`` (any of, applied in this order): ``self_cutmix``;
@@ -313,8 +326,8 @@ def complementary_views_transform(
     mask_ratio: float = 0.75,
     mask_patch: int = 16,
     hflip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
 ) -> T.Compose:
     """C-MAE's two copies of one crop, each with its own SimSiam colour augmentation, (2, 3, size, size): the first
     for the online encoder (which also gets ``augment``'s self-cutmix and black patches), the second for the

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mixmask.config import Config, ConfigError
 from mixmask.data import Batch, collate, resolve_num_workers
+from mixmask.data.transforms import normalize
 from mixmask.engine.checkpoint import (
     checkpoints_dir,
     has_checkpoint,
@@ -116,6 +117,49 @@ def make_loader(dataset: Dataset, cfg: Config, dist: Dist) -> tuple[DataLoader, 
     return loader, sampler
 
 
+class DeviceBatches:
+    """The loader's batches on ``device``: uint8 images (the training transforms' output) normalised there with
+    ``mean`` and ``std`` (float images pass as they are), 4-D CUDA images in channels_last when asked. On CUDA the
+    next batch is copied and normalised on a side stream while the current one trains (timm's prefetching loader);
+    on the CPU, one batch after the other. Normalising after the loader moves a quarter of the bytes through the
+    workers' shared memory and pinned copies, and gives the same numbers as normalising in the loader."""
+
+    def __init__(self, loader: DataLoader, device: torch.device, mean, std, channels_last: bool):
+        self.loader, self.device, self.mean, self.std, self.channels_last = loader, device, mean, std, channels_last
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = normalize(images, self.mean, self.std)
+        if self.channels_last and images.ndim == 4:  # not views (B, 2, 3, H, W)
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _move(self, batch: Batch) -> Batch:
+        parts = batch.images if isinstance(batch.images, tuple) else (batch.images,)  # DINO's crops of two sizes
+        images = tuple(self._images(part) for part in parts)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        return Batch(images if isinstance(batch.images, tuple) else images[0], labels, batch.indices, batch.skipped)
+
+    def __iter__(self):
+        if self.device.type != "cuda":
+            yield from map(self._move, self.loader)
+            return
+        side, pending = torch.cuda.Stream(self.device), None
+        for batch in self.loader:
+            with torch.cuda.stream(side):
+                ready = self._move(batch)
+            if pending is not None:
+                yield pending
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(side)
+            for tensor in (*(ready.images if isinstance(ready.images, tuple) else (ready.images,)), ready.labels):
+                tensor.record_stream(main)  # made on the side stream, used on the main one: freed only after it
+            pending = ready
+        if pending is not None:
+            yield pending
+
+
 class MetricsLog:
     """metrics.jsonl (appended, one line per log step) and TensorBoard, written by rank 0 only."""
 
@@ -180,7 +224,7 @@ def fit(
     device = dist.device
     cuda = device.type == "cuda"
     model.to(device)
-    if cuda and train.channels_last in ("auto", True):
+    if cuda and train.channels_last in ("auto", True):  # the batches follow (DeviceBatches)
         model.to(memory_format=torch.channels_last)
     inner = model
     if dist.world > 1:
@@ -193,6 +237,8 @@ def fit(
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
     loader, sampler = make_loader(dataset, cfg, dist)
+    channels_last = cuda and train.channels_last in ("auto", True)
+    batches = DeviceBatches(loader, device, cfg.data.mean, cfg.data.std, channels_last)
     steps_per_epoch = sampler.batches_per_epoch() // train.accum_steps
     total_steps = train.epochs * steps_per_epoch
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
@@ -232,16 +278,9 @@ def fit(
         while epoch < train.epochs:
             sampler.set_epoch(epoch, skip_batches=position)
             epoch_skipped: list[dict[str, str]] = []
-            for batch in loader:
+            for batch in batches:
                 epoch_skipped += [{"path": s.path, "error": s.error} for s in batch.skipped]
                 micro_step = epoch * sampler.batches_per_epoch() + position
-                if isinstance(batch.images, tuple):  # DINO's crops of two sizes
-                    images = tuple(part.to(device, non_blocking=True) for part in batch.images)
-                else:
-                    images = batch.images.to(device, non_blocking=True)
-                    if cuda and train.channels_last in ("auto", True) and images.ndim == 4:  # not views (B, 2, ...)
-                        images = images.contiguous(memory_format=torch.channels_last)
-                batch = Batch(images, batch.labels.to(device, non_blocking=True), batch.indices)
                 last_of_accumulation = (position + 1) % train.accum_steps == 0
                 sync = nullcontext() if last_of_accumulation or dist.world == 1 else model.no_sync()
                 with sync:

@@ -105,12 +105,11 @@ def check_finetune_data(cfg: Config) -> None:
 
 
 def training_set(cfg: Config) -> Dataset:
-    """The labelled training images with the finetuning augmentation (``finetune.label_fraction`` of them)."""
+    """The labelled training images with the finetuning augmentation (``finetune.label_fraction`` of them), as uint8
+    crops: the trainer normalises them on the device."""
     data = cfg.data
     check_finetune_data(cfg)
-    transform = train_transform(
-        data.image_size, tuple(data.finetune_scale), hflip=data.hflip, mean=data.mean, std=data.std
-    )
+    transform = train_transform(data.image_size, tuple(data.finetune_scale), hflip=data.hflip, mean=None, std=None)
     return label_fraction(build_dataset(data, "train", transform), cfg.finetune.label_fraction, cfg.train.seed)
 
 

@@ -45,12 +45,13 @@ def reconstruction_images(cfg: Config, count: int = 8) -> torch.Tensor:
 
 
 def training_set(cfg: Config, two_views: bool) -> Dataset:
-    """The training images with the method's augmentation (two views per image for a two-view method)."""
+    """The training images with the method's augmentation (two views per image for a two-view method), as uint8
+    crops: the trainer normalises them on the device."""
     data = cfg.data
     scale = tuple(data.pretrain_scale)
     patch = patch_size_for(data.image_size, data.input_mask_patch)
-    augment = (data.input_augment, data.input_mask_ratio, patch, data.hflip, data.mean, data.std)
-    method, size, look = cfg.model.method, data.image_size, {"hflip": data.hflip, "mean": data.mean, "std": data.std}
+    augment = (data.input_augment, data.input_mask_ratio, patch, data.hflip, None, None)
+    method, size, look = cfg.model.method, data.image_size, {"hflip": data.hflip, "mean": None, "std": None}
     if method == "cmae":  # two colour-augmented copies of one crop (B, 2, 3, H, W)
         transform = complementary_views_transform(size, scale, *augment)
     elif data.input_augment:  # (clean target, augmented input) per image
