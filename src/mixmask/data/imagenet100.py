@@ -1,11 +1,13 @@
-"""Build ImageNet-100 as a tree of symlinks into a local ImageNet-1k copy, without copying or decoding an image.
+"""Build ImageNet-100 as a tree of symlinks into a local ImageNet-1k copy, without copying or decoding an image (or,
+with ``resize``, as resized copies: ``mixmask.data.resize``).
 
 Two class lists ship with mixmask: ``cmc`` (Tian et al.'s CMC list, the usual "IN-100" of self-supervised papers,
 A2MIM's) and ``kaggle`` (the Kaggle ``ambityga/imagenet100`` classes, which the Mix-and-Mask paper evaluated).
 The source is ``R/train/<wnid>/*.JPEG`` plus either ``R/val/<wnid>/*.JPEG`` or a flat ``R/val/*.JPEG`` with a label
 file. The result, ``out/{train,val}/<wnid>/<file>`` of absolute symlinks plus ``out/classes.txt``, is a class-folder
 tree that ``ClassFolderDataset`` reads (``classes.txt`` lists the wnids sorted: line i is label i). Everything is
-checked before anything is written; re-running replaces the links, and real files are never deleted.
+checked before anything is written; re-running replaces the links, and real files are never deleted. Resized copies
+keep the file names, so the ImageNet-X join by file name still holds; a stopped resize resumes when run again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 from mixmask.data.common import DataError
 from mixmask.data.folders import is_image_file
+from mixmask.data.resize import QUALITY, check_marker, write_resized
 
 CLASS_LISTS = {"cmc": "imagenet100_cmc.txt", "kaggle": "imagenet100_kaggle.txt"}
 VAL_LABEL_FILES = ("LOC_val_solution.csv", "val_labels.csv", "val_labels.txt", "filename_label.csv")
@@ -140,13 +143,17 @@ def build_imagenet100(
     classes: str | os.PathLike = "cmc",
     val_labels: str | os.PathLike | None = None,
     progress: bool = True,
+    resize: int | None = None,
+    quality: int = QUALITY,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Link the chosen classes of ImageNet-1k at ``imagenet_root`` into ``out`` and return a summary.
 
     ``classes``: ``"cmc"``, ``"kaggle"`` or a file of wnids. ``val_labels``: the label file of a flat
     ``val/`` folder; when not given it is looked for (Kaggle's ``LOC_val_solution.csv`` and others) in the root,
     its ``val/`` and up to three parent folders. Every class must have train and val images, or nothing is
-    written. Print the summary with ``format_summary``.
+    written. ``resize``: write copies with the shorter side at most ``resize`` pixels (JPEG ``quality``, on
+    ``workers`` processes) instead of links. Print the summary with ``format_summary``.
     """
     wnids = load_class_list(classes)
     root = Path(imagenet_root).expanduser().absolute()
@@ -170,18 +177,30 @@ def build_imagenet100(
             f"written. {' '.join(problems)} Check --imagenet-root (a full ImageNet-1k copy) and --classes"
         )
 
-    old_links = _clear_links(out)
-    total = sum(len(files) for plan in (train, val) for files in plan.values())
-    new_links = set()
-    with tqdm(total=total, desc="linking ImageNet-100", unit="link", disable=not progress) as bar:
-        for split, plan in (("train", train), ("val", val)):
-            for wnid, files in plan.items():
-                folder = out / split / wnid
-                folder.mkdir(parents=True, exist_ok=True)
-                for source_path, name in files:
-                    os.symlink(source_path, folder / name)
-                    new_links.add(str(folder / name))
-                bar.update(len(files))
+    if resize is not None:
+        check_marker(out, resize, quality)
+    old_links = _clear_links(out, copies=resize is not None)
+    new_links: set[str] = set()
+    resized = None
+    if resize is not None:
+        pairs = [
+            (source_path, str(out / split / wnid / name))
+            for split, plan in (("train", train), ("val", val))
+            for wnid, files in plan.items()
+            for source_path, name in files
+        ]
+        resized = write_resized(pairs, resize, quality, workers, progress)
+    else:
+        total = sum(len(files) for plan in (train, val) for files in plan.values())
+        with tqdm(total=total, desc="linking ImageNet-100", unit="link", disable=not progress) as bar:
+            for split, plan in (("train", train), ("val", val)):
+                for wnid, files in plan.items():
+                    folder = out / split / wnid
+                    folder.mkdir(parents=True, exist_ok=True)
+                    for source_path, name in files:
+                        os.symlink(source_path, folder / name)
+                        new_links.add(str(folder / name))
+                    bar.update(len(files))
     listing = out / "classes.txt"
     tmp = listing.with_name("classes.txt.tmp")
     tmp.write_text("".join(f"{w}\n" for w in sorted(wnids)))
@@ -200,6 +219,7 @@ def build_imagenet100(
         "val_images": sum(len(f) for f in val.values()),
         "unlabeled_val_images": unlabeled,
         "removed_stale_links": len(old_links - new_links),
+        "resized": resized and {"shorter_side": resize, "quality": quality, **resized},
     }
 
 
@@ -221,6 +241,13 @@ def format_summary(summary: dict[str, Any], columns: int = 4) -> str:
     )
     if summary["unlabeled_val_images"]:
         lines.append(f"note: {summary['unlabeled_val_images']} flat val images have no label in the label file")
+    if summary.get("resized"):
+        done = summary["resized"]
+        lines.append(
+            f"resized copies (shorter side <= {done['shorter_side']} px, JPEG quality {done['quality']}): "
+            f"{done['written']:,} written, {done['kept']:,} kept from an earlier run, "
+            f"{len(done['unreadable'])} unreadable (copied as they are)"
+        )
     if summary["removed_stale_links"]:
         lines.append(f"removed {summary['removed_stale_links']} links of an earlier build that are no longer wanted")
     return "\n".join(lines)
@@ -324,10 +351,11 @@ def _imagenet_x_hint() -> str:
     return f" (the imagenet-x package ships one: {path})" if path.is_file() else ""
 
 
-def _clear_links(out: Path) -> set[str]:
+def _clear_links(out: Path, copies: bool = False) -> set[str]:
     """Remove the symlinks (and then empty folders) under ``out/train`` and ``out/val``; return their paths.
 
-    Refuses, before removing anything, when a real file lies there: only this builder's own links are replaced.
+    Refuses, before removing anything, when a real file lies there (unless ``copies``: resized copies of an
+    earlier run with the same settings): only this builder's own links are replaced.
     """
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; give a folder (it is created if missing)")
@@ -343,7 +371,7 @@ def _clear_links(out: Path) -> set[str]:
                     links.append(path)
                 elif name in filenames:
                     real.append(path)
-    if real:
+    if real and not copies:
         raise DataError(
             f"{out} holds {len(real)} real files where the symlinks go (e.g. {', '.join(real[:3])}); mixmask only "
             "replaces its own links and never deletes files: move them or choose an empty --out"
