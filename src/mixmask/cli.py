@@ -98,7 +98,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"plan for {out}:")
         print(format_plan(plan(sweep, out)))
         return 0
-    unfinished = run_sweep(sweep, out, jobs=args.jobs, only=args.variant)
+    unfinished = run_sweep(sweep, out, jobs=args.jobs, only=args.variant, executor=args.executor)
     print(f"sweep {'finished' if not unfinished else f'has {unfinished} unfinished variant(s)'}: {out}")
     if not unfinished and args.variant is None:
         print(f"report: mixmask report {out}")
@@ -150,11 +150,45 @@ def cmd_data_imagenet100(args: argparse.Namespace) -> int:
     from mixmask.data.imagenet100 import build_imagenet100, format_summary
 
     summary = build_imagenet100(
-        args.imagenet_root, args.out, classes=args.classes, val_labels=args.val_labels, progress=not args.quiet
+        args.imagenet_root,
+        args.out,
+        classes=args.classes,
+        val_labels=args.val_labels,
+        progress=not args.quiet,
+        resize=args.resize,
+        quality=args.quality,
+        workers=args.workers,
     )
     print(format_summary(summary))
     print(f"ImageNet-100 written to {Path(args.out).resolve()}")
     return 0
+
+
+def cmd_data_resize(args: argparse.Namespace) -> int:
+    from mixmask.data.resize import resize_tree
+
+    summary = resize_tree(args.src, args.out, args.resize, args.quality, workers=args.workers, progress=not args.quiet)
+    print(
+        f"{summary['images']:,} images of {summary['source']} -> {summary['out']} (shorter side <= {args.resize} px, "
+        f"JPEG quality {args.quality}): {summary['written']:,} written, {summary['kept']:,} kept from an earlier run"
+    )
+    for item in summary["unreadable"]:
+        print(f"unreadable (copied as it is): {item['path']}: {item['error']}")
+    return 0
+
+
+def add_resize_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--resize",
+        type=int,
+        required=required,
+        default=None,
+        metavar="S",
+        help="write copies with the shorter side at most S pixels (file names kept; 256 or 288 for 224-px training)"
+        + ("" if required else " instead of symlinks"),
+    )
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of resized copies (default 90)")
+    parser.add_argument("--workers", type=int, default=None, help="processes that resize (default: every core)")
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -250,7 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("sweep", metavar="SWEEP.yaml")
     sweep.add_argument("--out", default=None, help="sweep folder (default: sweeps/<name>)")
-    sweep.add_argument("--jobs", type=int, default=1, help="variants run at once, each in its own process")
+    sweep.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="variants run at once, each in its own process (default 1); with --executor: jobs in flight "
+        "(default: no limit)",
+    )
+    sweep.add_argument(
+        "--executor",
+        choices=["slurm", "local"],
+        default=None,
+        help="run every stage as a job through submitit (pip install 'mixmask[slurm]'): on a SLURM cluster, with "
+        "the sweep file's `slurm` resources, or as local processes",
+    )
     sweep.add_argument("--variant", default=None, metavar="NAME", help="run only this variant")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan with estimated times and stop")
     sweep.set_defaults(func=cmd_sweep)
@@ -318,7 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imagenet100.add_argument("--val-labels", default=None, help="label file for a flat val/ folder")
     imagenet100.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_resize_arguments(imagenet100, required=False)
     imagenet100.set_defaults(func=cmd_data_imagenet100)
+
+    resize = data_commands.add_parser(
+        "resize", help="resized copies of any image tree (class folders), file names and relative paths kept"
+    )
+    resize.add_argument("--src", required=True, help="folder of images (e.g. with train/ and val/ class folders)")
+    resize.add_argument("--out", required=True, help="output folder (created; a stopped run resumes)")
+    resize.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_resize_arguments(resize, required=True)
+    resize.set_defaults(func=cmd_data_resize)
 
     check = data_commands.add_parser(
         "check",

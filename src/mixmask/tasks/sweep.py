@@ -56,6 +56,7 @@ from mixmask.config import (
 )
 from mixmask.engine.checkpoint import has_checkpoint
 from mixmask.store import ResultsStore
+from mixmask.tasks.cluster import run_with_executor, stage_resources
 
 STAGES = ("pretrain", "finetune", "evaluate")
 SWEEP_KEYS = (
@@ -68,6 +69,7 @@ SWEEP_KEYS = (
     "nproc",
     "seeds",
     "reference",
+    "slurm",
     "variants",
 )
 VARIANT_KEYS = ("name", "description", "stages", "pretrain", "finetune", "evaluate", "model", "weights")
@@ -104,6 +106,7 @@ class Sweep:
     variants: list[PlannedVariant]
     seeds: list[int] | None = None  # None: one run per variant, with its configs' own train.seed
     reference: str | None = None  # the variant the report compares the others with (None: scratch, if any)
+    slurm: dict | None = None  # the jobs' resources with --executor (``mixmask.tasks.cluster``)
 
     def replicates(self, variant: PlannedVariant) -> list[int]:
         """The seeds ``variant`` runs with: the sweep's ``seeds``, else its first stage's ``train.seed``."""
@@ -238,7 +241,10 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
         known = ", ".join(v.name for v in variants)
         raise _error("`reference`", f"got {reference!r}; expected the name of one of the variants: {known}")
     description = str(data.get("description", ""))
-    return Sweep(name, description, Path(path) if path else None, text, nproc, variants, seeds, reference)
+    stage_resources(data.get("slurm"))  # checked now, used with --executor
+    return Sweep(
+        name, description, Path(path) if path else None, text, nproc, variants, seeds, reference, data.get("slurm")
+    )
 
 
 def _stage_config(stage: str, bases: dict[str, dict], common: list[str], variant: PlannedVariant) -> Config:
@@ -315,9 +321,13 @@ def _fresh_or_resume(run_dir: Path) -> bool:
     return False
 
 
-def run_stage(stage: str, cfg: Config, run_dir: Path, nproc: int = 1, weights: str | None = None) -> dict[str, Any]:
+def run_stage(
+    stage: str, cfg: Config, run_dir: Path, nproc: int = 1, weights: str | None = None, rank: int = 0
+) -> dict[str, Any]:
     """One stage of one variant, resumed when it has a checkpoint; returns the run's results.json. ``weights``: the
-    variant is a checkpoint (``cfg.model.backbone``) evaluated as it is."""
+    variant is a checkpoint (``cfg.model.backbone``) evaluated as it is. ``rank`` > 0: one of several processes
+    already started for the stage (a cluster job's tasks), which neither clears the folder nor reads the results
+    (an empty mapping)."""
     from mixmask.tasks.evaluate import evaluate, evaluate_model
     from mixmask.tasks.finetune import finetune
     from mixmask.tasks.pretrain import pretrain
@@ -330,7 +340,7 @@ def run_stage(stage: str, cfg: Config, run_dir: Path, nproc: int = 1, weights: s
         else:
             evaluate(cfg, out=run_dir)
     else:
-        resume = _fresh_or_resume(run_dir)
+        resume = _fresh_or_resume(run_dir) if rank == 0 else has_checkpoint(run_dir)
         if nproc > 1:
             config_file = save_config(cfg, run_dir.parent / f"{stage}.yaml")
             where = ["--resume", str(run_dir)] if resume else [str(config_file), "--out", str(run_dir)]
@@ -340,7 +350,21 @@ def run_stage(stage: str, cfg: Config, run_dir: Path, nproc: int = 1, weights: s
         else:
             task = pretrain if stage == "pretrain" else finetune
             task(cfg, resume=run_dir) if resume else task(cfg, out=run_dir)
-    return json.loads((run_dir / "results.json").read_text())
+    return json.loads((run_dir / "results.json").read_text()) if rank == 0 else {}
+
+
+def replicate_config(
+    sweep: Sweep, variant: PlannedVariant, seed: int, stage: str, dirs: dict[tuple[int, str], Path]
+) -> Config:
+    """The config ``stage`` of replicate ``seed`` runs with: its seed, and the runs of the stages before it."""
+    cfg = load_config(None, base=to_dict(variant.configs[stage]))
+    if sweep.seeds is not None:
+        cfg.train.seed = seed
+    if stage in ("finetune", "evaluate") and "pretrain" in variant.stages:
+        cfg.finetune.init = str(dirs[seed, "pretrain"])  # evaluate: as in the finetuned run's config
+    if stage == "evaluate" and not variant.weights:
+        cfg.eval.run = str(dirs[seed, "finetune" if "finetune" in variant.stages else "pretrain"])
+    return cfg
 
 
 def run_variant(sweep: Sweep, variant: PlannedVariant, sweep_dir: Path, store: ResultsStore) -> bool:
@@ -355,13 +379,7 @@ def run_variant(sweep: Sweep, variant: PlannedVariant, sweep_dir: Path, store: R
             for stage in variant.stages:
                 if store.run(variant.name, seed, stage)["status"] == "done":
                     continue
-                cfg = load_config(None, base=to_dict(variant.configs[stage]))
-                if replicated:
-                    cfg.train.seed = seed
-                if stage in ("finetune", "evaluate") and "pretrain" in variant.stages:
-                    cfg.finetune.init = str(dirs[seed, "pretrain"])  # evaluate: as in the finetuned run's config
-                if stage == "evaluate" and not variant.weights:
-                    cfg.eval.run = str(dirs[seed, "finetune" if "finetune" in variant.stages else "pretrain"])
+                cfg = replicate_config(sweep, variant, seed, stage, dirs)
                 print(f"== {name}: {stage} -> {dirs[seed, stage]}", flush=True)
                 store.start(variant.name, seed, stage)
                 start = time.perf_counter()
@@ -378,15 +396,22 @@ def run_variant(sweep: Sweep, variant: PlannedVariant, sweep_dir: Path, store: R
     return not failed
 
 
-def run_sweep(sweep: Sweep, sweep_dir: str | Path, jobs: int = 1, only: str | None = None) -> int:
+def run_sweep(
+    sweep: Sweep, sweep_dir: str | Path, jobs: int | None = None, only: str | None = None, executor: str | None = None
+) -> int:
     """Run every variant (or ``only`` one); ``jobs`` > 1 runs that many variants at once as separate processes,
-    each logging to ``runs/<variant>/log.txt``. Returns the number of variants not finished."""
+    each logging to ``runs/<variant>/log.txt``; ``executor`` (slurm or local) runs every stage as a submitit job,
+    at most ``jobs`` at once (None: no limit). Returns the number of variants not finished."""
     sweep_dir = Path(sweep_dir)
     variants = [v for v in sweep.variants if only is None or v.name == only]
     if only is not None and not variants:
         raise ConfigError(f"sweep: no variant named {only!r}; variants: {', '.join(v.name for v in sweep.variants)}")
     store = open_store(sweep, sweep_dir)
     try:
+        if executor is not None:
+            with locked(sweep_dir / ".lock"):
+                return run_with_executor(sweep, variants, sweep_dir, store, executor, jobs)
+        jobs = jobs or 1
         if jobs <= 1 or only is not None:
             # a --variant process runs under its parent's sweep lock (and takes the variant's own lock)
             with locked(sweep_dir / ".lock") if only is None else nullcontext():
