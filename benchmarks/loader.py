@@ -18,6 +18,7 @@ import json
 import statistics
 import tempfile
 import time
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,19 @@ from mixmask.data.folders import ClassFolderDataset
 from mixmask.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, train_transform
 
 
+def write_jpeg(job: tuple[Path, int, int]) -> None:
+    path, size, seed = job
+    coarse = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)  # smooth: compresses like photos
+    Image.fromarray(coarse).resize((size * 4 // 3, size), Image.Resampling.BICUBIC).save(path, quality=90)
+
+
 def write_jpegs(root: Path, count: int, size: int, classes: int = 4) -> None:
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        folder = root / f"class{i % classes}"
-        folder.mkdir(parents=True, exist_ok=True)
-        coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # smooth content compresses like photos, not noise
-        image = Image.fromarray(coarse).resize((size * 4 // 3, size), Image.Resampling.BICUBIC)
-        image.save(folder / f"image{i:05d}.jpg", quality=90)
+    """``count`` JPEGs of ``size`` px (shorter side, 4:3) in ``classes`` class folders, on every core."""
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+    jobs = [(root / f"class{i % classes}" / f"image{i:05d}.jpg", size, i) for i in range(count)]
+    with Pool() as pool:
+        pool.map(write_jpeg, jobs, chunksize=64)
 
 
 def one_pass(root: Path, uint8: bool, workers: int, batch: int) -> float:
