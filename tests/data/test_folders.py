@@ -164,3 +164,26 @@ def test_small_trees_leave_no_index(tree, tmp_path, monkeypatch):
     monkeypatch.setenv("MIXMASK_CACHE", str(tmp_path / "cache"))
     ClassFolderDataset(tree)
     assert not (tmp_path / "cache").exists()
+
+
+def _listing_worker(rank: int, world: int, init_file: str, queue, root: str, cache: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        os.environ["MIXMASK_CACHE"] = cache
+        folders.CACHE_MIN_IMAGES = 1  # the fixture's tree counts as large
+        walks = []
+        walk = folders.os.walk
+        folders.os.walk = lambda *args, **kwargs: walks.append(args) or walk(*args, **kwargs)
+        samples = ClassFolderDataset(root).samples
+        queue.put((rank, len(walks), repr(samples)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_lists_the_tree_and_the_other_ranks_read_its_index(tree, tmp_path):
+    from tests.gloo import run_two_processes
+
+    results = run_two_processes(_listing_worker, str(tmp_path / "init"), str(tree), str(tmp_path / "cache"))
+    (walks_0, samples_0), (walks_1, samples_1) = results[0], results[1]
+    assert walks_0 > 0 and walks_1 == 0 and samples_0 == samples_1
