@@ -82,6 +82,9 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     num_workers: int | Literal["auto"] = "auto"
+    # training crops decoded by PIL in the loader's workers, or by NVIDIA DALI (GPU; mixmask[dali]; class folders,
+    # plain crops only): the same crops, drawn by mixmask (mixmask.data.dali)
+    decoder: Literal["pil", "dali"] = "pil"
     strict: bool = False  # true: an unreadable image stops the run (default: skipped, counted, reported)
     # few-image pretraining (occlusion-invariance paper, Tables 6-8): pretrain on `subset` training images only
     # (0: all), classes in turn (ShapesX: the first ones; folders: a class-balanced pick by train.seed), each shown
@@ -117,6 +120,12 @@ class DataConfig:
             f"{where}.num_workers",
             self.num_workers,
             "'auto' or an integer >= 0",
+        )
+        _require(
+            self.decoder == "pil" or self.dataset == "folder",
+            f"{where}.decoder",
+            self.decoder,
+            f"pil: dali decodes JPEG class folders (data.dataset=folder), this data set is {self.dataset}",
         )
         _require(
             len(set(self.input_augment)) == len(self.input_augment),

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ class SeededAugmentation(Dataset):
             return self.dataset[index]
 
 
-def make_loader(dataset: Dataset, cfg: Config, dist: Dist) -> tuple[DataLoader, EpochSampler]:
+def make_loader(dataset: Dataset, cfg: Config, dist: Dist) -> tuple[Iterable[Batch], EpochSampler]:
     train = cfg.train
     sampler = EpochSampler(len(dataset), train.batch_size, train.seed, dist.rank, dist.world, train.accum_steps)
     if sampler.batches_per_epoch() == 0:
@@ -103,6 +103,10 @@ def make_loader(dataset: Dataset, cfg: Config, dist: Dist) -> tuple[DataLoader, 
             f"{train.accum_steps} batch(es) of it on each of {dist.world} process(es); use a smaller batch"
             + (" or a larger data.repeat" if cfg.data.subset else "")
         )
+    if cfg.data.decoder == "dali":  # the same keys, crops drawn by mixmask, decoded by DALI
+        from mixmask.data.dali import DaliBatches
+
+        return DaliBatches(dataset, SeededAugmentation(dataset, cfg.train.seed), sampler, cfg, dist.device), sampler
     workers = resolve_num_workers(cfg.data.num_workers)
     loader = DataLoader(
         SeededAugmentation(dataset, cfg.train.seed),
@@ -124,7 +128,7 @@ class DeviceBatches:
     on the CPU, one batch after the other. Normalising after the loader moves a quarter of the bytes through the
     workers' shared memory and pinned copies, and gives the same numbers as normalising in the loader."""
 
-    def __init__(self, loader: DataLoader, device: torch.device, mean, std, channels_last: bool):
+    def __init__(self, loader: Iterable[Batch], device: torch.device, mean, std, channels_last: bool):
         self.loader, self.device, self.mean, self.std, self.channels_last = loader, device, mean, std, channels_last
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
