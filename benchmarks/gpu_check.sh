@@ -6,7 +6,7 @@
 #   3. the A2MIM / supervised step ratio for ResNet-50 at 224 px, bf16, channels_last, fused AdamW, compile off and on
 #      (benchmarks/pretrain_step.py; target <= 1.15);
 #   4. end-to-end pretraining img/s on a generated JPEG folder (benchmarks/train_throughput.py; target >= 3,000), eager
-#      and compiled, PIL decoding (the DALI path is not built yet);
+#      and compiled, PIL decoding in the workers and, where nvidia-dali is installed, DALI on the GPU;
 #   5. loader img/s per worker, float vs uint8 batches (benchmarks/loader.py).
 # Everything lands in one JSON, $OUT/gpu_check.json (OUT defaults to ./gpu_check), with the logs beside it.
 #   bash benchmarks/gpu_check.sh
@@ -32,8 +32,10 @@ timeout 200 python3 benchmarks/pretrain_step.py --device cuda --backbone resnet5
     --steps 15 --warmup 5 --json "$OUT/step.json" > "$OUT/step.log" 2>&1
 log "step ratio: exit $?"
 
-timeout 240 python3 benchmarks/train_throughput.py --images 12800 --modes eager compiled --json "$OUT/throughput.json" \
-    > "$OUT/throughput.log" 2>&1
+decoders="pil"
+python3 -c "import nvidia.dali" 2> /dev/null && decoders="pil dali"  # DALI only where its wheel was installed
+timeout 240 python3 benchmarks/train_throughput.py --images 12800 --modes eager compiled --decoders $decoders \
+    --json "$OUT/throughput.json" > "$OUT/throughput.log" 2>&1
 log "throughput: exit $?"
 
 timeout 60 python3 benchmarks/loader.py --sizes 500 --workers 4 8 --images 2048 --passes 2 > "$OUT/loader.log" 2>&1

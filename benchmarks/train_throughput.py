@@ -6,7 +6,8 @@ device and normalisation included; the first steps, which compile or warm up, fa
     python benchmarks/train_throughput.py --config configs/pretrain/a2mim_tiny_shapesx.yaml --images 512 --batch 32
 
 The JPEGs (``--jpeg-px`` on the shorter side, 4:3, quality 90) are written once to a temporary folder, 100 classes,
-and each mode (eager, compiled: ``train.compile``) trains one epoch on them.
+and each mode (eager, compiled: ``train.compile``) with each decoder (PIL in the loader's workers, DALI) trains one
+epoch on them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--config", default=str(ROOT / "configs/pretrain/a2mim_r50_in100.yaml"))
     parser.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager"])
+    parser.add_argument("--decoders", nargs="+", choices=["pil", "dali"], default=["pil"], help="data.decoder")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the result to FILE")
     args = parser.parse_args()
     rows = []
@@ -38,12 +40,13 @@ def main() -> None:
         data = Path(temp) / "data"
         write_jpegs(data / "train", args.images, args.jpeg_px, classes=100)
         write_jpegs(data / "val", 100, args.jpeg_px, classes=100)
-        for mode in args.modes:
+        for mode, decoder in [(m, d) for d in args.decoders for m in args.modes]:
             cfg = load_config(
                 args.config,
                 [
                     "data.dataset=folder",
                     f"data.root={data}",
+                    f"data.decoder={decoder}",
                     "train.epochs=1",
                     f"train.batch_size={args.batch}",
                     f"train.compile={str(mode == 'compiled').lower()}",
@@ -51,7 +54,7 @@ def main() -> None:
                     "optim.warmup_epochs=0.1",
                 ],
             )
-            run = pretrain(cfg, out=Path(temp) / mode)
+            run = pretrain(cfg, out=Path(temp) / f"{mode}_{decoder}")
             results = json.loads((run / "results.json").read_text())
             per_step = results["seconds"]["per_step"]
             rows.append(
@@ -61,6 +64,7 @@ def main() -> None:
                     "size": cfg.data.image_size,
                     "batch": args.batch,
                     "jpeg_px": args.jpeg_px,
+                    "decoder": decoder,
                     "compiled": results["compiled"],
                     "steps": results["steps"],
                     "median_step_s": per_step,
