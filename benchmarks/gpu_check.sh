@@ -28,7 +28,7 @@ timeout 90 python3 -m pytest -q -m cuda -p no:cacheprovider tests > "$OUT/cuda_t
 tests_rc=$?
 log "CUDA tests: exit $tests_rc"
 
-timeout 200 python3 benchmarks/pretrain_step.py --device cuda --backbone resnet50 --size 224 --batch 256 --compile \
+timeout 200 python3 benchmarks/pretrain_step.py --device cuda --backbone resnet50 --size 224 --batch 256 --compile --breakdown \
     --steps 15 --warmup 5 --json "$OUT/step.json" > "$OUT/step.log" 2>&1
 log "step ratio: exit $?"
 

@@ -4,6 +4,7 @@
     python benchmarks/pretrain_step.py --backbone resnet50 --size 224 --batch 256 --device cuda
     python benchmarks/pretrain_step.py --compile    # also both steps under torch.compile (train.compile)
     python benchmarks/pretrain_step.py --device cuda --json step.json   # the numbers as JSON too
+    python benchmarks/pretrain_step.py --breakdown  # where the extra time goes: masks, frequency loss, the rest
 
 Both steps are forward + backward + AdamW; the A2MIM step also draws masks on the device, fills, adds the token and
 computes the spatial + focal frequency loss. Steps alternate between the two so that drifts in machine speed hit both
@@ -42,12 +43,22 @@ def timed(step, device: torch.device) -> float:
 
 
 def measure(
-    backbone: str, size: int, batch: int, patch: int, device: torch.device, steps: int, warmup: int, compile_too: bool
+    backbone: str,
+    size: int,
+    batch: int,
+    patch: int,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    compile_too: bool,
+    breakdown: bool = False,
 ) -> dict:
-    cfg = load_config(
-        None,
-        [f"model.backbone={backbone}", f"data.image_size={size}", f"masking.strategies=[{{patch_size: {patch}}}]"],
-    )
+    settings = [
+        f"model.backbone={backbone}",
+        f"data.image_size={size}",
+        f"masking.strategies=[{{patch_size: {patch}}}]",
+    ]
+    cfg = load_config(None, settings)
     cuda = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
     memory_format = torch.channels_last if cuda else torch.contiguous_format
@@ -88,6 +99,13 @@ def measure(
         sup_opt.zero_grad(set_to_none=True)
 
     steps_timed = {"a2mim": mim_step, "supervised": supervised_step}
+    if breakdown:  # where the A2MIM step's extra time goes: drawing masks, the frequency loss, the rest
+        no_freq, _ = build_pretrain_model(load_config(None, [*settings, "loss.freq_weight=0"]))
+        no_freq.to(device, memory_format=memory_format).train()
+        steps_timed["a2mim_without_frequency_loss"] = masked_step(
+            no_freq, build_optimizer(no_freq, cfg.optim, cfg.optim.lr, fused=cuda)
+        )
+        steps_timed["masks"] = lambda: masker(next(counter), batch, size, generator=generator)
     compile_s = {}
     if compile_too:
         compiled = copy.deepcopy(mim)
@@ -117,7 +135,15 @@ def measure(
     median = {name: statistics.median(values) for name, values in times.items()}
     mim_t, sup_t = median["a2mim"], median["supervised"]
     compiled_t = median.get("compiled_a2mim")
-    return {
+    parts = {}
+    if breakdown:  # shares of the supervised step's time
+        no_freq_t, masks_t = median["a2mim_without_frequency_loss"], median["masks"]
+        parts = {
+            "share_masks": masks_t / sup_t,
+            "share_frequency_loss": (mim_t - no_freq_t) / sup_t,
+            "share_fill_token_decoder_spatial_loss": (no_freq_t - masks_t - sup_t) / sup_t,
+        }
+    return parts | {
         "compiled_s": compiled_t,
         "compiled_supervised_s": median.get("compiled_supervised"),
         "compiled_ratio": compiled_t / median["compiled_supervised"] if compiled_t else None,
@@ -147,6 +173,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time both steps under torch.compile")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the measurements to FILE")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time mask drawing and the step without the frequency loss"
+    )
     args = parser.parse_args()
 
     runs = []
@@ -159,7 +188,9 @@ def main() -> None:
     )
     results = []
     for device, backbone, size, batch, patch in runs:
-        r = measure(backbone, size, batch, patch, torch.device(device), args.steps, args.warmup, args.compile)
+        r = measure(
+            backbone, size, batch, patch, torch.device(device), args.steps, args.warmup, args.compile, args.breakdown
+        )
         results.append(r)
         print(
             f"{r['device']:<32} {backbone:<12} {size:>4} {batch:>5} {r['a2mim_s']:>8.4f} {r['supervised_s']:>8.4f} "
@@ -170,6 +201,12 @@ def main() -> None:
                 f"  compiled A2MIM step {r['compiled_s']:.4f} s (compiling took {r['compile_s']:.0f} s): "
                 f"speedup {r['speedup']:.3f} x over eager; A2MIM / supervised, both compiled: "
                 f"{r['compiled_ratio']:.3f}"
+            )
+        if args.breakdown:
+            print(
+                "  beyond the supervised step, as shares of it: masks {share_masks:.3f}, frequency loss "
+                "{share_frequency_loss:.3f}, fill + token + decoder + spatial loss "
+                "{share_fill_token_decoder_spatial_loss:.3f}".format(**r)
             )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
