@@ -89,16 +89,17 @@ def measure(
 
         return step
 
-    mim_step = masked_step(mim, mim_opt)
+    def supervised_step(model: nn.Module, optimizer: torch.optim.Optimizer):
+        def step():
+            with autocast:
+                loss = nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
-    def supervised_step():
-        with autocast:
-            loss = nn.functional.cross_entropy(classifier(images), labels)
-        loss.backward()
-        sup_opt.step()
-        sup_opt.zero_grad(set_to_none=True)
+        return step
 
-    steps_timed = {"a2mim": mim_step, "supervised": supervised_step}
+    steps_timed = {"a2mim": masked_step(mim, mim_opt), "supervised": supervised_step(classifier, sup_opt)}
     if breakdown:  # where the A2MIM step's extra time goes: drawing masks, the frequency loss, the rest
         no_freq, _ = build_pretrain_model(load_config(None, [*settings, "loss.freq_weight=0"]))
         no_freq.to(device, memory_format=memory_format).train()
@@ -114,16 +115,9 @@ def measure(
             compiled, build_optimizer(compiled, cfg.optim, cfg.optim.lr, fused=cuda)
         )
         compiled_classifier = torch.compile(copy.deepcopy(classifier))
-        compiled_sup_opt = build_optimizer(compiled_classifier, cfg.optim, cfg.optim.lr, fused=cuda)
-
-        def compiled_supervised_step():
-            with autocast:
-                loss = nn.functional.cross_entropy(compiled_classifier(images), labels)
-            loss.backward()
-            compiled_sup_opt.step()
-            compiled_sup_opt.zero_grad(set_to_none=True)
-
-        steps_timed["compiled_supervised"] = compiled_supervised_step
+        steps_timed["compiled_supervised"] = supervised_step(
+            compiled_classifier, build_optimizer(compiled_classifier, cfg.optim, cfg.optim.lr, fused=cuda)
+        )
         compile_s = {name: timed(steps_timed[name], device) for name in ("compiled_a2mim", "compiled_supervised")}
 
     times: dict[str, list[float]] = {name: [] for name in steps_timed}
