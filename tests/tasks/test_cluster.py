@@ -66,6 +66,7 @@ def test_torchrun_variables_of_a_multi_task_job():
     assert torchrun_environment(env, "123457")["MASTER_PORT"] != variables["MASTER_PORT"]
 
 
+@pytest.mark.slow
 def test_local_executor_runs_a_two_variant_sweep_recorded_by_the_driver(tmp_path, capsys):
     """Two variants run through; a third, a damaged checkpoint, fails in its job and is recorded with its error."""
     import yaml

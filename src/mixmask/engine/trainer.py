@@ -151,6 +151,7 @@ class DeviceBatches:
             return
         side, pending = torch.cuda.Stream(self.device), None
         for batch in self.loader:
+            side.wait_stream(torch.cuda.current_stream(self.device))  # a loader's own device copies (DALI) first
             with torch.cuda.stream(side):
                 ready = self._move(batch)
             if pending is not None:
