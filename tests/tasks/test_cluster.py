@@ -44,6 +44,8 @@ def test_resources_per_stage_and_evaluation_on_one_task():
         ({"nodes": 0}, r"`slurm`\.nodes: got 0; expected an integer >= 1"),
         ({"stages": {"pretrain": {"gpus_per_node": "eight"}}}, r"`slurm.stages.pretrain`\.gpus_per_node: got 'eight'"),
         ({"stages": {"train": {}}}, r"`slurm.stages.train`: unknown stage"),
+        ({"stages": ["pretrain"]}, r"`slurm.stages`: got \['pretrain'\]; expected a mapping"),
+        ("gpu", r"`slurm`: got 'gpu'; expected a mapping of resources"),
         ({"setup": "module load cuda"}, r"`slurm`\.setup: got 'module load cuda'; expected a list"),
     ],
 )

@@ -38,7 +38,6 @@ from mixmask.config import ConfigError, load_config, to_dict
 TEXT_KEYS = ("partition", "account", "qos", "constraint")
 COUNT_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "timeout_min", "max_requeues")
 RESOURCE_KEYS = (*TEXT_KEYS, *COUNT_KEYS, "mem_gb", "additional", "setup")
-DEFAULTS = {"nodes": 1, "gpus_per_node": 0, "timeout_min": 240, "max_requeues": 3}
 POLL_SECONDS = 5.0
 
 
@@ -92,7 +91,9 @@ def stage_resources(raw: Any) -> dict[str, Resources]:
     from mixmask.tasks.sweep import STAGES, _error
 
     raw = {} if raw is None else raw
-    per_stage = dict(raw.get("stages") or {}) if isinstance(raw, dict) else {}
+    per_stage = (raw.get("stages") if isinstance(raw, dict) else None) or {}
+    if not isinstance(per_stage, dict):
+        raise _error("`slurm.stages`", f"got {per_stage!r}; expected a mapping from stage to its resources")
     common = _checked({k: v for k, v in raw.items() if k != "stages"} if isinstance(raw, dict) else raw, "`slurm`")
     for stage in per_stage:
         if stage not in STAGES:
@@ -100,7 +101,7 @@ def stage_resources(raw: Any) -> dict[str, Resources]:
     resources = {}
     for stage in STAGES:
         own = _checked(per_stage.get(stage) or {}, f"`slurm.stages.{stage}`")
-        merged = Resources(**(DEFAULTS | common | own))
+        merged = Resources(**(common | own))
         if stage == "evaluate":
             merged.nodes, merged.gpus_per_node = 1, min(merged.gpus_per_node, 1)
         resources[stage] = merged
