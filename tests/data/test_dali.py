@@ -69,6 +69,14 @@ def test_other_augmentations_and_data_sets_are_refused(jpeg_folder):
     dataset.transform = two_view_transform(32, (0.2, 1.0), mean=None, std=None)
     with pytest.raises(ConfigError, match=r"`data.decoder`: dali decodes the plain training crop"):
         DaliBatches(dataset, fallback, sampler, cfg, torch.device("cpu"))
+    from mixmask.tasks.pretrain import pretrain
+
+    simclr = load_config(
+        None, ["model.method=simclr", "data.dataset=folder", f"data.root={jpeg_folder}", "data.decoder=dali"]
+    )
+    with pytest.raises(ConfigError, match=r"`data.decoder`: dali decodes the plain training crop"):
+        pretrain(simclr, out=jpeg_folder / "run")
+    assert not (jpeg_folder / "run").exists()  # refused before a run folder exists
     with pytest.raises(ConfigError, match=r"`data.decoder`: got 'dali'; expected pil"):
         load_config(None, ["data.decoder=dali"])  # ShapesX is rendered, not decoded
 

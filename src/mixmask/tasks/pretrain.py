@@ -64,6 +64,10 @@ def training_set(cfg: Config, two_views: bool) -> Dataset:
         transform = multi_crop_transform(size, local, dino.global_scale, dino.local_scale, dino.local_crops, **look)
     else:  # MoCo v3 and BYOL: BYOL's two asymmetric views; masked-image models: one crop
         transform = (two_view_transform if two_views else train_transform)(size, scale, **look)
+    if data.decoder == "dali":  # DALI takes the plain crop only: anything else is refused before a run folder exists
+        from mixmask.data.dali import crop_steps
+
+        crop_steps(transform)
     return pretraining_subset(build_dataset(data, "train", transform), data, cfg.train.seed)
 
 
