@@ -89,14 +89,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mixmask.tasks.plan import format_plan, plan
+    from mixmask.tasks.plan import plan_text
     from mixmask.tasks.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)
     out = args.out or str(Path("sweeps") / sweep.name)
     if args.dry_run:
         print(f"plan for {out}:")
-        print(format_plan(plan(sweep, out)))
+        print(plan_text(sweep, out))
         return 0
     unfinished = run_sweep(sweep, out, jobs=args.jobs, only=args.variant, executor=args.executor)
     print(f"sweep {'finished' if not unfinished else f'has {unfinished} unfinished variant(s)'}: {out}")

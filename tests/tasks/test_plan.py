@@ -75,3 +75,14 @@ def test_done_stages_cost_nothing(tmp_path, monkeypatch):
     assert [(r.stage, r.status) for r in rows] == [("finetune", "done"), ("evaluate", "to run")]
     assert rows[0].seconds == 0 and rows[1].seconds == pytest.approx(0.5 + 48 * 0.01)  # the accuracy pass, 48 images
     assert "0:00:00" in format_plan(rows).splitlines()[1]
+
+
+@pytest.mark.parametrize("load, warned", [(0.2, False), (3.6, True)])
+def test_the_plan_warns_when_other_work_used_the_cpu_as_timing_began(monkeypatch, load, warned):
+    rows = [plan_module.PlanRow("p4", "pretrain", 10, 0, "to run", 60.0)]
+    monkeypatch.setattr(plan_module, "plan", lambda sweep, sweep_dir=None: rows)
+    monkeypatch.setattr(plan_module.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(plan_module.os, "sched_getaffinity", lambda pid: {0, 1})
+    text = plan_module.plan_text(None)
+    assert text.startswith(format_plan(rows)) and ("estimates are too long" in text) == warned
+    assert ("1-minute load 3.6 on 2 cores" in text) == warned

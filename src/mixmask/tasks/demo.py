@@ -10,7 +10,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from mixmask.tasks.plan import format_plan, plan
+from mixmask.tasks.plan import plan_text
 from mixmask.tasks.sweep import load_sweep, run_sweep
 
 
@@ -26,7 +26,7 @@ def demo(out: str | Path = "mixmask-demo", jobs: int = 1, dry_run: bool = False)
     sweep = load_sweep(demo_sweep_file())
     print(f"mixmask demo: {len(sweep.variants)} variants ({', '.join(v.name for v in sweep.variants)}) into {out}")
     if dry_run:
-        print(format_plan(plan(sweep, out)))
+        print(plan_text(sweep, out))
         return None
     unfinished = run_sweep(sweep, out, jobs=jobs)
     page = report(out)

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -257,3 +258,17 @@ def format_plan(rows: list[PlanRow]) -> str:
         f"data and loader; each evaluation on {PROBE_IMAGES} and {2 * PROBE_IMAGES} images)"
     )
     return "\n".join(lines)
+
+
+def plan_text(sweep, sweep_dir: str | Path | None = None) -> str:
+    """``format_plan(plan(...))``, with a warning when other work was using the CPU as the timing began: the probes
+    then run slower than the study will on an idle machine (on 2 cores, two trainings side by side take 2-3 x)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    text = format_plan(plan(sweep, sweep_dir))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if load > 0.5 * cores:
+        text += (
+            f"\nnote: other work was using the CPU when the timing began (1-minute load {load:.1f} on {cores} cores): "
+            "these estimates are too long; time it again on an idle machine"
+        )
+    return text
