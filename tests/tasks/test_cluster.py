@@ -54,6 +54,17 @@ def test_bad_resources_fail_when_the_sweep_loads(slurm, message):
         load_sweep(data=tiny_sweep(slurm=slurm))
 
 
+def test_slurm_without_sbatch_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tiny_sweep()))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--executor", "slurm"]) == 2
+    assert "sbatch is not on this machine's PATH" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_torchrun_variables_of_a_multi_task_job():
     env = SimpleNamespace(global_rank=5, local_rank=1, num_tasks=8, num_nodes=2, hostnames=["node3", "node4"])
     variables = torchrun_environment(env, "123456")
@@ -131,3 +142,19 @@ def test_a_two_task_job_trains_as_one_process_group(tmp_path):
     (run,) = ResultsStore(out / "results.sqlite").runs()
     assert run["status"] == "done" and run["results"]["steps"] == 2 * 2  # 128 images / (2 x 32) a step, 2 epochs
     assert len(list((out / "jobs").glob("*/*_1_log.out"))) == 1  # the second task's log
+
+
+def test_a_refused_submission_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    from mixmask.tasks import cluster
+
+    class Refusing:
+        def submit(self, job):
+            raise RuntimeError("sbatch: error: invalid partition specified: gpux")
+
+    monkeypatch.setattr(cluster, "make_executor", lambda *args: Refusing())
+    out = tmp_path / "out"
+    assert run_sweep(load_sweep(data=tiny_sweep()), out, executor="local") == 2
+    runs = {(r["variant"], r["stage"]): r for r in ResultsStore(out / "results.sqlite").runs()}
+    assert runs["p4", "pretrain"]["status"] == runs["scratch", "finetune"]["status"] == "failed"
+    assert runs["p4", "pretrain"]["error"] == "submission failed: sbatch: error: invalid partition specified: gpux"
+    assert "p4 (seed 0): pretrain submission failed" in capsys.readouterr().err

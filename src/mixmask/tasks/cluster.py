@@ -25,8 +25,10 @@ before running the sweep again, which resubmits every unfinished stage.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -154,13 +156,22 @@ def failure_line(error: Exception) -> str:
     return raised[-1] if raised else (lines[0] if lines else type(error).__name__)
 
 
-def make_executor(kind: str, folder: Path, resources: Resources, tasks_per_node: int, name: str):
-    try:
-        import submitit
-    except ImportError:
+def check_executor(kind: str) -> None:
+    """One clear line, before anything runs, when ``kind`` cannot run here."""
+    if importlib.util.find_spec("submitit") is None:
         raise ConfigError(
             f"--executor {kind} runs jobs through submitit, which is not installed: pip install 'mixmask[slurm]'"
-        ) from None
+        )
+    if kind == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "--executor slurm: SLURM's sbatch is not on this machine's PATH; run the sweep from a login node of the "
+            "cluster (or --executor local to run its jobs here)"
+        )
+
+
+def make_executor(kind: str, folder: Path, resources: Resources, tasks_per_node: int, name: str):
+    import submitit
+
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=kind, slurm_max_num_timeout=resources.max_requeues)
     slurm = {
         f"slurm_{key}": getattr(resources, key)
@@ -207,9 +218,16 @@ def run_with_executor(sweep, variants, sweep_dir: Path, store, kind: str, jobs: 
         stage_needs = resources[stage]
         tasks = 1 if stage == "evaluate" else stage_needs.tasks_per_node(sweep.nproc)
         name = f"mixmask-{sweep.name}-{variant.name}-s{seed}-{stage}"
-        executor = make_executor(kind, sweep_dir / "jobs", stage_needs, tasks, name)
-        job = executor.submit(StageJob(stage, to_dict(cfg), str(run_dir), variant.weights))
         store.start(variant.name, seed, stage)
+        try:  # sbatch refusing a partition, an account, a time limit ...: recorded, the other replicates go on
+            executor = make_executor(kind, sweep_dir / "jobs", stage_needs, tasks, name)
+            job = executor.submit(StageJob(stage, to_dict(cfg), str(run_dir), variant.weights))
+        except Exception as error:
+            message = f"submission failed: {failure_line(error)}"
+            store.fail(variant.name, seed, stage, message, 0.0)
+            print(f"!! {variant.name} (seed {seed}): {stage} {message}", file=sys.stderr, flush=True)
+            failed.add(variant.name)
+            return False
         running[variant.name, seed] = (stage, job, time.perf_counter())
         print(f"== {variant.name} (seed {seed}): {stage} submitted as job {job.job_id} -> {run_dir}", flush=True)
         return True

@@ -56,7 +56,7 @@ from mixmask.config import (
 )
 from mixmask.engine.checkpoint import has_checkpoint
 from mixmask.store import ResultsStore
-from mixmask.tasks.cluster import run_with_executor, stage_resources
+from mixmask.tasks.cluster import check_executor, run_with_executor, stage_resources
 
 STAGES = ("pretrain", "finetune", "evaluate")
 SWEEP_KEYS = (
@@ -406,6 +406,8 @@ def run_sweep(
     variants = [v for v in sweep.variants if only is None or v.name == only]
     if only is not None and not variants:
         raise ConfigError(f"sweep: no variant named {only!r}; variants: {', '.join(v.name for v in sweep.variants)}")
+    if executor is not None:
+        check_executor(executor)
     store = open_store(sweep, sweep_dir)
     try:
         if executor is not None:
