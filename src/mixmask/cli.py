@@ -149,6 +149,8 @@ def cmd_data_grid(args: argparse.Namespace) -> int:
 def cmd_data_imagenet100(args: argparse.Namespace) -> int:
     from mixmask.data.imagenet100 import build_imagenet100, format_summary
 
+    if args.resize is None and (args.workers is not None or args.quality != 90):
+        raise SystemExit("error: --quality and --workers set how --resize copies are written; add --resize S")
     summary = build_imagenet100(
         args.imagenet_root,
         args.out,

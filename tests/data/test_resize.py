@@ -78,3 +78,8 @@ def test_imagenet100_as_resized_copies(tmp_path):
     assert build_imagenet100(root, out, progress=False, resize=160, workers=1)["resized"]["kept"] == 300
     with pytest.raises(DataError, match="real files where the symlinks go"):
         build_imagenet100(root, out, progress=False)  # links never replace copies
+
+
+def test_resize_settings_without_resize_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="--quality and --workers set how --resize copies are written"):
+        main(["data", "imagenet100", "--imagenet-root", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "2"])

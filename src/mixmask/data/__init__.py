@@ -28,6 +28,7 @@ __all__ = [
     "label_fraction",
     "pretraining_subset",
     "resolve_num_workers",
+    "usable_cores",
 ]
 
 SPLITS = ("train", "val", "test", "cue_conflict")
@@ -134,14 +135,18 @@ def pretraining_subset(dataset: Dataset, cfg: DataConfig, seed: int) -> Dataset:
     return Repeated(chosen, times)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_num_workers(value: int | str) -> int:
     """``auto``: the cores this process may use, shared with the other processes of this machine (torchrun's
     ``LOCAL_WORLD_SIZE``: one per local GPU), less one for the process itself; no workers when a process has 2
     cores or fewer (they would only compete with it)."""
     if value != "auto":
         return int(value)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    per_process = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return 0 if per_process <= 2 else per_process - 1
 
 

@@ -178,6 +178,3 @@ class DaliBatches:
                     )
                     self.warned = True
             yield batch
-
-    def __len__(self) -> int:
-        return len(self.sampler) // self.batch_size

@@ -35,7 +35,9 @@ def is_image_file(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bo
     return name.lower().endswith(tuple(e.lower() for e in extensions))
 
 
-def _list_images(folder: str, extensions: Sequence[str], walked: list[str] | None = None) -> list[str]:
+def list_images(
+    folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS, walked: list[str] | None = None
+) -> list[str]:
     """Image files under ``folder`` (recursive, following symlinks), sorted by path relative to ``folder``; the
     folders walked are added to ``walked``."""
     suffixes = tuple(e.lower() for e in extensions)
@@ -63,7 +65,7 @@ def _folder_times(folders: Sequence[str]) -> dict[str, int]:
 
 
 def list_class_images(root: str, classes: Sequence[str], extensions: Sequence[str]) -> list[list[str]]:
-    """Each class folder's image files (``_list_images``), read from an index file when no folder under ``root``
+    """Each class folder's image files (``list_images``), read from an index file when no folder under ``root``
     changed since it was written: a folder's modification time changes whenever a file is added to it, removed
     from it or renamed in it, so the index is kept with the time of every folder it walked and used only when all
     still match. Walking ImageNet's 1.28 M files takes minutes on a network file system; checking its 1,000
@@ -78,7 +80,7 @@ def list_class_images(root: str, classes: Sequence[str], extensions: Sequence[st
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no index yet, a changed tree or a damaged file: list the tree
     walked: list[str] = []
-    images = [_list_images(os.path.join(root, name), extensions, walked) for name in classes]
+    images = [list_images(os.path.join(root, name), extensions, walked) for name in classes]
     if sum(map(len, images)) >= CACHE_MIN_IMAGES:
         try:
             index.parent.mkdir(parents=True, exist_ok=True)

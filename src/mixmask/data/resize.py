@@ -21,8 +21,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from mixmask.data import usable_cores
 from mixmask.data.common import DataError
-from mixmask.data.folders import is_image_file
+from mixmask.data.folders import list_images
 
 QUALITY = 90
 MARKER = "resized.json"
@@ -81,8 +82,7 @@ def write_resized(
     for folder in {os.path.dirname(d) for _, d, _, _ in todo}:
         os.makedirs(folder, exist_ok=True)
     unreadable = []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    processes = workers or cores
+    processes = workers or usable_cores()
     with Pool(processes) as pool, tqdm(total=len(todo), desc="resizing", unit="img", disable=not progress) as bar:
         for job, error in zip(todo, pool.imap(resize_file, todo, chunksize=32), strict=True):
             if error:
@@ -98,10 +98,7 @@ def resize_tree(source: str | os.PathLike, out: str | os.PathLike, size: int, qu
         raise DataError(f"--src {source} is not a folder")
     if out.resolve() == source.resolve() or out.resolve().is_relative_to(source.resolve()):
         raise DataError(f"--out {out} lies in --src {source}; choose a folder outside it")
-    pairs = []
-    for folder, _, names in os.walk(source):
-        relative = Path(folder).relative_to(source)
-        pairs += [(os.path.join(folder, n), str(out / relative / n)) for n in sorted(names) if is_image_file(n)]
+    pairs = [(path, str(out / Path(path).relative_to(source))) for path in list_images(str(source))]
     if not pairs:
         raise DataError(f"no image files under {source}")
     check_marker(out, size, quality)

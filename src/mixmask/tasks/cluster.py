@@ -172,7 +172,7 @@ def check_executor(kind: str) -> None:
 def make_executor(kind: str, folder: Path, resources: Resources, tasks_per_node: int, name: str):
     import submitit
 
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=kind, slurm_max_num_timeout=resources.max_requeues)
+    executor = submitit.AutoExecutor(folder=folder, cluster=kind, slurm_max_num_timeout=resources.max_requeues)
     slurm = {
         f"slurm_{key}": getattr(resources, key)
         for key in ("partition", "account", "qos", "constraint")
@@ -202,7 +202,6 @@ def run_with_executor(sweep, variants, sweep_dir: Path, store, kind: str, jobs: 
     queue = [(variant, seed) for variant in variants for seed in sweep.replicates(variant)]
     dirs = {variant.name: run_dirs(sweep, sweep_dir, variant) for variant in variants}
     running: dict[tuple[str, int], tuple[str, Any, float]] = {}  # (variant, seed) -> (stage, job, start)
-    failed: set[str] = set()
 
     def next_stage(variant, seed) -> str | None:
         return next((s for s in variant.stages if store.run(variant.name, seed, s)["status"] != "done"), None)
@@ -226,7 +225,6 @@ def run_with_executor(sweep, variants, sweep_dir: Path, store, kind: str, jobs: 
             message = f"submission failed: {failure_line(error)}"
             store.fail(variant.name, seed, stage, message, 0.0)
             print(f"!! {variant.name} (seed {seed}): {stage} {message}", file=sys.stderr, flush=True)
-            failed.add(variant.name)
             return False
         running[variant.name, seed] = (stage, job, time.perf_counter())
         print(f"== {variant.name} (seed {seed}): {stage} submitted as job {job.job_id} -> {run_dir}", flush=True)
@@ -248,10 +246,9 @@ def run_with_executor(sweep, variants, sweep_dir: Path, store, kind: str, jobs: 
                 message = failure_line(error)
                 store.fail(name, seed, stage, message, time.perf_counter() - start)
                 print(f"!! {name} (seed {seed}): {stage} failed: {message} (log: {job.paths.stderr})", file=sys.stderr)
-                failed.add(name)
                 continue
             store.finish(name, seed, stage, results, time.perf_counter() - start)
             print(f"== {name} (seed {seed}): {stage} done", flush=True)
             if next_stage(by_name[name], seed) is not None:
                 queue.insert(0, (by_name[name], seed))  # the replicate's next stage goes first
-    return len(failed | {v.name for v in variants if any(r["status"] != "done" for r in store.runs(v.name))})
+    return sum(any(r["status"] != "done" for r in store.runs(v.name)) for v in variants)

@@ -263,9 +263,11 @@ def format_plan(rows: list[PlanRow]) -> str:
 def plan_text(sweep, sweep_dir: str | Path | None = None) -> str:
     """``format_plan(plan(...))``, with a warning when other work was using the CPU as the timing began: the probes
     then run slower than the study will on an idle machine (on 2 cores, two trainings side by side take 2-3 x)."""
+    from mixmask.data import usable_cores
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     text = format_plan(plan(sweep, sweep_dir))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if load > 0.5 * cores:
         text += (
             f"\nnote: other work was using the CPU when the timing began (1-minute load {load:.1f} on {cores} cores): "
