@@ -2,7 +2,7 @@ import pytest
 import torch
 from focal_frequency_loss import FocalFrequencyLoss
 
-from mixmask.losses import focal_frequency_loss, frequency_input, masked_spatial_loss
+from mixmask.losses import focal_frequency_loss, masked_reconstruction_losses, masked_spatial_loss
 
 
 @pytest.mark.parametrize("size", [(4, 3, 32, 32), (3, 3, 28, 28), (2, 3, 31, 17), (1, 1, 16, 24)])
@@ -70,20 +70,56 @@ def test_focal_l1_is_quadratic_for_small_errors():
     assert small.item() == pytest.approx(0.1 * 0.01**2, rel=1e-2)  # |d| * (2 sigmoid(0.2 |d|) - 1) ~ 0.1 d^2
 
 
-@pytest.mark.parametrize("mode", ["prediction", "mixed", "target"])
-def test_frequency_input_keeps_masked_prediction_and_scales_unmasked_gradient(mode):
-    pred = torch.randn(1, 3, 4, 4, requires_grad=True)
-    target = torch.randn(1, 3, 4, 4)
-    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
-    mask[:, :2] = True
-    out = frequency_input(pred, target, mask, mode, unmasked_weight=1e-3)
-    torch.testing.assert_close(out[:, :, :2], pred[:, :, :2])
-    stand_in = {"prediction": pred, "mixed": 0.5 * pred + 0.5 * target, "target": target}[mode]
-    expected_unmasked = 1e-3 * pred + (1 - 1e-3) * stand_in
-    torch.testing.assert_close(out[:, :, 2:], expected_unmasked[:, :, 2:])
-    out.sum().backward()
-    assert torch.all(pred.grad[:, :, :2] == 1)
-    torch.testing.assert_close(pred.grad[:, :, 2:], torch.full_like(pred.grad[:, :, 2:], 1e-3))
+def frequency_input(pred, target, mask, unmasked, unmasked_weight):
+    """The frequency loss's input as the official code composes it: the prediction on masked pixels; on unmasked ones
+    a stand-in (the detached prediction, its mix with the target, or the target) carrying ``unmasked_weight`` of the
+    gradient."""
+    stand_in = {"prediction": pred.detach(), "mixed": 0.5 * pred.detach() + 0.5 * target, "target": target}[unmasked]
+    m = mask[:, None].to(pred.dtype)
+    keep = m + (1 - m) * unmasked_weight
+    return pred * keep + stand_in * (1 - keep)
+
+
+@pytest.mark.parametrize("kind, gamma", [("focal_l1", 1.0), ("focal_l1", 2.0), ("focal_l1", 0.5), ("l1", 1), ("l2", 1)])
+@pytest.mark.parametrize("unmasked", ["prediction", "mixed", "target"])
+def test_masked_reconstruction_losses_equal_autograd_through_the_composition(kind, gamma, unmasked):
+    """The fused terms and their hand-written gradient equal the spatial loss and the batch mean of (frequency input -
+    target) composed from plain operations, in float64; with one image fully unmasked and one fully masked."""
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(4, 3, 8, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(4, 3, 8, 10, generator=g, dtype=torch.float64)
+    mask = torch.rand(4, 8, 10, generator=g) < 0.5
+    mask[0], mask[1] = False, True
+    ours = masked_reconstruction_losses(pred, target, mask, kind, 0.2, gamma, unmasked, 1e-3)
+    reference = (
+        masked_spatial_loss(pred, target, mask, kind, 0.2, gamma),
+        (frequency_input(pred, target, mask, unmasked, 1e-3) - target).mean(0, keepdim=True),
+    )
+    weights = (torch.tensor(0.7, dtype=torch.float64), torch.randn(1, 3, 8, 10, generator=g, dtype=torch.float64))
+    grads = [torch.autograd.grad(terms, pred, weights, retain_graph=True)[0] for terms in (ours, reference)]
+    for got, expected in zip(ours, reference, strict=True):
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-14)
+    # each term alone (the other unused) gets its own gradient only
+    for i in (0, 1):
+        (alone,) = torch.autograd.grad(ours[i], pred, weights[i], retain_graph=True)
+        (expected,) = torch.autograd.grad(reference[i], pred, weights[i], retain_graph=True)
+        torch.testing.assert_close(alone, expected, rtol=1e-10, atol=1e-14)
+
+
+def test_masked_reconstruction_losses_in_float32_and_bf16_and_without_masked_pixels():
+    pred, target = torch.randn(2, 3, 6, 6, requires_grad=True), torch.randn(2, 3, 6, 6)
+    mask = torch.zeros(2, 6, 6, dtype=torch.bool)
+    spatial, difference = masked_reconstruction_losses(pred, target, mask)
+    assert spatial.item() == 0.0 and difference.dtype == torch.float32
+    torch.testing.assert_close(difference, (0.5005 * (pred - target)).mean(0, keepdim=True))
+    half = pred.detach().bfloat16().requires_grad_()
+    spatial, difference = masked_reconstruction_losses(half, target, ~mask)
+    (spatial + difference.sum()).backward()
+    assert spatial.dtype == torch.float32 and half.grad.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown unmasked mode"):
+        masked_reconstruction_losses(pred, target, mask, unmasked="zero")
 
 
 def test_frequency_loss_without_focal_weights_is_the_mean_squared_spectrum_distance():

@@ -3,7 +3,7 @@ import torch
 
 from mixmask.config import ConfigError, LossConfig, load_config
 from mixmask.masking import MaskBatch, MixedMasker
-from mixmask.models.a2mim import A2MIM, fill_masked
+from mixmask.models.a2mim import A2MIM, PixelShuffleDecoder, fill_masked
 from mixmask.models.backbone import Backbone, build_backbone
 from mixmask.models.factory import build_pretrain_model
 from mixmask.targets import hog_histograms
@@ -49,6 +49,18 @@ def test_token_changes_the_stage_features_only_where_masked(token_mode):
     assert torch.equal(model.insert_tokens(stage - 1, features, masks), features)
 
 
+@pytest.mark.parametrize("hidden, out_channels", [(0, 3), (16, 3), (0, 27)])
+def test_decoder_is_the_official_conv_and_pixel_shuffle(hidden, out_channels):
+    """The decoder's matrix product + reshape is Conv2d(1x1) + PixelShuffle (float64), with the same parameters."""
+    decoder = PixelShuffleDecoder(32, 4, hidden, out_channels).double()
+    features = torch.randn(2, 32, 3, 5, dtype=torch.float64)
+    *front, project = decoder
+    expected = torch.nn.functional.pixel_shuffle(project(torch.nn.Sequential(*front)(features)), 4)
+    assert expected.shape == (2, out_channels, 12, 20)
+    torch.testing.assert_close(decoder(features), expected, rtol=1e-12, atol=1e-12)
+    assert [name for name, _ in decoder.named_parameters()][-2:] == [f"{len(front)}.weight", f"{len(front)}.bias"]
+
+
 def test_forward_gives_loss_terms_and_full_size_prediction():
     model, masker = tiny_model()
     images = torch.randn(4, 3, 64, 64)
@@ -74,7 +86,7 @@ def test_tokens_of_unused_stages_still_get_gradients():
 
 
 def test_gamma_variant_and_no_frequency_loss():
-    loss = LossConfig(freq_weight=0.0, spatial="l1")
+    loss = LossConfig(freq_weight=0.0, spatial="l1", freq_unmasked_weight=0.0)
     cfg = load_config(None, ["masking.strategies=[{patch_size: 16}]"])
     backbone = Backbone("resnet_tiny")
     masker = MixedMasker.from_config(cfg.masking, backbone.strides)

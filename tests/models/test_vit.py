@@ -67,7 +67,7 @@ def test_vit_recipe_defaults_follow_the_official_vit_configs():
     assert (cfg.loss.freq_weight, cfg.loss.freq_unmasked_weight) == (0.1, 0.0)
     assert masker.stages == [0]  # auto on a ViT: right after the patch embedding
     assert list(model.mask_tokens) == ["0"]
-    assert isinstance(model.decoder[-1], torch.nn.PixelShuffle) and model.decoder[-1].upscale_factor == 8
+    assert model.decoder.stride == 8 and model.decoder[-1].out_channels == 8 * 8 * 3
 
 
 def test_cnn_recipe_defaults_and_explicit_values_win():
