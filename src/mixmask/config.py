@@ -438,6 +438,7 @@ class LossConfig:
             "a number >= 0",
         )
         _require(self.freq_alpha > 0, f"{where}.freq_alpha", self.freq_alpha, "a positive number")
+        _require(self.focal_alpha > 0, f"{where}.focal_alpha", self.focal_alpha, "a positive number")
         _require(
             self.freq_unmasked_weight == "auto" or 0 <= self.freq_unmasked_weight <= 1,
             f"{where}.freq_unmasked_weight",

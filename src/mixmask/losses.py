@@ -136,25 +136,24 @@ class _MaskedReconstruction(torch.autograd.Function):
         d = pred.to(dtype) - target.to(dtype)
         masked = mask[:, None].to(dtype)  # (B, 1, H, W)
         count = (masked.sum() * pred.shape[1]).clamp(min=1.0)
+        scale = 1.0  # of the loss summed below
         if kind == "l2":
             loss, slope = d.square(), d * 2
         elif kind == "l1":
             loss, slope = d.abs(), d.sign()
-        else:  # focal L1: |d| * f^gamma with f = 2 sigmoid(alpha |d|) - 1 = tanh(alpha |d| / 2)
-            loss = d.abs()
-            focus = loss.mul(focal_alpha / 2).tanh_()
-            one_minus_focus_squared = focus.square().neg_().add_(1)  # f' = alpha / 2 (1 - f^2)
-            # d/d|d| of |d| f^gamma = f^gamma + gamma |d| f^(gamma - 1) f'
-            if focal_gamma == 1:
-                slope = torch.addcmul(focus, loss, one_minus_focus_squared, value=focal_alpha / 2)
-                loss.mul_(focus)
-            else:
+        else:  # focal L1: |d| f^gamma with f = 2 sigmoid(alpha |d|) - 1 = tanh(u), u = alpha |d| / 2
+            u = d.abs().mul_(focal_alpha / 2)
+            focus = u.tanh()
+            scale = 2 / focal_alpha  # the loss is u f^gamma * 2 / alpha
+            if focal_gamma == 1:  # slope f + u (1 - f^2) = (f + u) - (u f) f: few passes, and u f is the loss
+                loss = focus * u
+                slope = torch.add(focus, u).addcmul_(loss, focus, value=-1)
+            else:  # slope f^gamma + gamma u f^(gamma - 1) (1 - f^2)
                 powered = focus.pow(focal_gamma)
-                slope = loss * one_minus_focus_squared * focus.pow(focal_gamma - 1) * (focal_gamma * focal_alpha / 2)
-                slope.add_(powered)
-                loss.mul_(powered)
+                slope = u * focus.pow(focal_gamma - 1) * (1 - focus.square()) * focal_gamma + powered
+                loss = u * powered
             slope.copysign_(d)
-        spatial = (loss.sum(1, keepdim=True) * masked).sum() / count
+        spatial = (loss.sum(1, keepdim=True) * masked).sum() * scale / count
         if pred.requires_grad:
             keep = (masked * (1 - unmasked_weight) + unmasked_weight) / pred.shape[0]
             ctx.save_for_backward(slope.mul_(masked / count), keep)
