@@ -108,7 +108,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from mixmask.tasks.report import report
 
-    page = report(args.sweep_dir, extra_runs=args.runs, out=args.out, reference=args.reference)
+    page = report(args.sweep_dir, extra_runs=args.runs, out=args.out, references=args.reference or ())
     print(f"report: {Path(page).resolve()}")
     return 0
 
@@ -312,9 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/report)")
     report.add_argument(
         "--reference",
-        default=None,
+        action="append",
         metavar="VARIANT",
-        help="the variant every other is compared with (default: the sweep's `reference`, else scratch)",
+        help="the variant every other is compared with (default: the sweep's `reference`, else scratch); given "
+        "more than once, each variant is compared with the one of its own backbone",
     )
     report.set_defaults(func=cmd_report)
 

@@ -9,7 +9,7 @@ import pytest
 from mixmask.evaluation import statistics
 from mixmask.factors import FACTORS
 from mixmask.report import comparisons
-from mixmask.results import EvaluateResults, StageRun, Variant
+from mixmask.results import EvaluateResults, Method, StageRun, Variant
 
 N = 200
 
@@ -21,7 +21,7 @@ def _write(path, header, rows):
         writer.writerows(rows)
 
 
-def replicate(tmp_path, name, seed, correct, shape_decision):
+def replicate(tmp_path, name, seed, correct, shape_decision, backbone=None):
     """An evaluated replicate whose per-image records say which of N images it gets right; images 0-39 show
     texture, 40-79 shape (top factor), and the occlusion record at ratio 0.5 is right on the even images it gets
     right."""
@@ -40,7 +40,8 @@ def replicate(tmp_path, name, seed, correct, shape_decision):
     per_image = {"top1": "val.csv", "factors": "factors.csv", "occlusion": "occ.csv", "shape_bias": "cc.csv"}
     evaluation = EvaluateResults(run="", run_task="finetune", settings={}, data={}, per_image=per_image)
     run = StageRun("evaluate", "done", folder, results=evaluation)
-    return Variant(name, "", "sweep", None, {"evaluate": run}, seed=seed)
+    method = Method("a2mim", backbone) if backbone else None
+    return Variant(name, "", "sweep", method, {"evaluate": run}, seed=seed)
 
 
 def test_per_seed_rows_equal_direct_tests_on_the_records(tmp_path):
@@ -52,11 +53,11 @@ def test_per_seed_rows_equal_direct_tests_on_the_records(tmp_path):
         replicate(tmp_path, "scratch", 0, ref_correct, shape_ref),
         replicate(tmp_path, "p4", 0, model_correct, shape_model),
     ]
-    assert comparisons.default_reference(variants, None) == "scratch"
-    assert (
-        comparisons.default_reference(variants, "p4") == "p4" and comparisons.default_reference(variants, "x") is None
-    )
-    rows = {c.metric: c for c in comparisons.compare(variants, "scratch", resamples=500)}
+    references = comparisons.assign_references(variants)
+    assert references == {"scratch": "scratch", "p4": "scratch"}
+    assert comparisons.assign_references(variants, ["p4"]) == {"scratch": "p4", "p4": "p4"}
+    assert comparisons.assign_references(variants, ["x"]) == {}
+    rows = {c.metric: c for c in comparisons.compare(variants, references, resamples=500)}
     top1 = rows["top1"]
     direct = statistics.mcnemar(ref_correct, model_correct)
     assert (top1.test, top1.seed, top1.n_images, top1.n_seeds) == ("mcnemar", "0", N, 1)
@@ -91,7 +92,7 @@ def test_seeds_pair_by_seed_and_pool_with_a_hierarchical_bootstrap(tmp_path):
         variants.append(replicate(tmp_path, "scratch", seed, ref, rng.random(30) < 0.5))
         variants.append(replicate(tmp_path, "p4", seed, ref ^ (rng.random(N) < 0.05), rng.random(30) < 0.5))
     variants.append(replicate(tmp_path, "p4", 3, rng.random(N) < 0.6, rng.random(30) < 0.5))  # no reference seed 3
-    rows = comparisons.compare(variants, "scratch", resamples=500)
+    rows = comparisons.compare(variants, {"p4": "scratch"}, resamples=500)
     top1 = [c for c in rows if c.metric == "top1"]
     assert [c.seed for c in top1] == ["0", "1", "2", "all"]
     pooled = top1[-1]
@@ -104,7 +105,9 @@ def test_seeds_pair_by_seed_and_pool_with_a_hierarchical_bootstrap(tmp_path):
     assert any(line.startswith("not resolved: p4: top1") and "3 seeds" in line for line in lines)
     assert not any(line.startswith("caution") for line in lines)  # three seeds
     two = [v for v in variants if v.seed in (0, 1)]
-    assert comparisons.resolved_lines(comparisons.compare(two, "scratch", resamples=200))[-1].startswith("caution")
+    assert comparisons.resolved_lines(comparisons.compare(two, {"p4": "scratch"}, resamples=200))[-1].startswith(
+        "caution"
+    )
     header, body, notes = comparisons.headline_grid(rows)
     assert header == ["variant", "val. top-1", "factor avg.", "shape bias"] and [r[0] for r in body] == ["p4"]
     assert body[0][1] == f"{100 * pooled.difference:+.1f} [{100 * pooled.ci_low:+.1f}, {100 * pooled.ci_high:+.1f}]"
@@ -113,3 +116,43 @@ def test_seeds_pair_by_seed_and_pool_with_a_hierarchical_bootstrap(tmp_path):
     with path.open(newline="") as handle:
         read = list(csv.DictReader(handle))
     assert list(read[0]) == comparisons.COLUMNS and len(read) == len(rows)
+
+
+def test_several_references_each_compare_the_variants_of_their_backbone(tmp_path):
+    """reference: [scratch, scratch_vit]: the ResNet variants against scratch, the ViT ones against scratch_vit (Holm
+    within each reference's rows); a variant of a third backbone against the first named."""
+    rng = np.random.default_rng(2)
+    cnn_ref, vit_ref = rng.random(N) < 0.5, rng.random(N) < 0.5
+    shape = rng.random(30) < 0.5
+    variants = [
+        replicate(tmp_path, "scratch", 0, cnn_ref, shape, "resnet_tiny"),
+        replicate(tmp_path, "a2mim", 0, cnn_ref | (rng.random(N) < 0.4), shape, "resnet_tiny"),
+        replicate(tmp_path, "scratch_vit", 0, vit_ref, shape, "vit_tiny_p8"),
+        replicate(tmp_path, "mae", 0, vit_ref & (rng.random(N) < 0.6), shape, "vit_tiny_p8"),
+        replicate(tmp_path, "convnext", 0, cnn_ref, shape, "convnext_atto"),
+    ]
+    references = comparisons.assign_references(variants, ["scratch", "scratch_vit"])
+    assert references == {
+        "scratch": "scratch", "a2mim": "scratch", "scratch_vit": "scratch_vit", "mae": "scratch_vit",
+        "convnext": "scratch",
+    }  # fmt: skip
+    rows = comparisons.compare(variants, references, resamples=200)
+    top1 = {c.variant: c for c in rows if c.metric == "top1"}
+    assert {v: c.reference for v, c in top1.items()} == {
+        "a2mim": "scratch",
+        "mae": "scratch_vit",
+        "convnext": "scratch",
+    }
+    assert top1["mae"].reference_value == pytest.approx(vit_ref.mean())
+    assert top1["a2mim"].reference_value == top1["convnext"].reference_value == pytest.approx(cnn_ref.mean())
+    assert top1["a2mim"].significant and top1["a2mim"].difference > 0
+    assert top1["mae"].significant and top1["mae"].difference < 0
+    assert top1["convnext"].difference == 0
+    header, body, notes = comparisons.headline_grid(rows)
+    assert header[:2] == ["variant", "vs"] and [r[:2] for r in body][:2] == [
+        ["a2mim", "scratch"],
+        ["mae", "scratch_vit"],
+    ]
+    assert "the reference of the variant's backbone" in notes[0]
+    first_line = comparisons.resolved_lines(rows)[0]
+    assert "differences to scratch / scratch_vit (each variant's backbone) are resolved" in first_line

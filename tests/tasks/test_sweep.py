@@ -221,9 +221,12 @@ def test_seeds_must_be_distinct_integers():
     sweep = load_sweep(data=tiny_sweep(seeds=[3, 1]))
     assert sweep.replicates(sweep.variants[0]) == [3, 1]
     assert load_sweep(data=tiny_sweep()).replicates(sweep.variants[0]) == [0]  # the configs' own train.seed
-    with pytest.raises(ConfigError, match="sweep `reference`: got 'p8'; expected the name of one of the variants: p4"):
-        load_sweep(data=tiny_sweep(reference="p8"))
+    expected = r"expected the name of one of the variants, or a list of them \(one per backbone\): p4"
+    for bad, named in (("p8", "p8"), (["scratch", "p8"], "p8"), ({"a": 1}, "{'a': 1}")):
+        with pytest.raises(ConfigError, match=f"sweep `reference`: got '?{named}'?; {expected}"):
+            load_sweep(data=tiny_sweep(reference=bad))
     assert load_sweep(data=tiny_sweep(reference="scratch")).reference == "scratch"
+    assert load_sweep(data=tiny_sweep(reference=["scratch", "p4"])).reference == ["scratch", "p4"]
 
 
 def test_seeds_run_every_variant_once_per_seed_resume_and_grow(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,5 @@
-"""Which differences are real: every variant against the study's reference, metric by metric, paired on the same
-images, per seed and pooled over seeds, with Holm's correction.
+"""Which differences are real: every variant against the study's reference (with several references, the one of its
+own backbone), metric by metric, paired on the same images, per seed and pooled over seeds, with Holm's correction.
 
 The numbers come from the per-image records each evaluation wrote (``EvaluateResults.per_image``); nothing is
 re-derived from the aggregate tables. Per seed, an accuracy (validation top-1, a factor's accuracy, accuracy at an
@@ -48,12 +48,30 @@ COLUMNS = [
 Table = dict[str, dict[str, str]]  # file name -> the CSV row of that image
 
 
-def default_reference(variants: list[Variant], named: str | None) -> str | None:
-    """The reference variant: the one the study names, else ``scratch`` when there is one."""
-    names = by_name(variants)
-    if named:
-        return named if named in names else None
-    return "scratch" if "scratch" in names else None
+def assign_references(variants: list[Variant], named: list[str] | None = None) -> dict[str, str]:
+    """Each variant's reference, a reference being its own: ``{}`` when there is none. ``named``: the study's
+    references (names that are not variants are left out); none named: ``scratch`` when there is one. With one
+    reference every variant is compared with it; with several, each with the reference of its own backbone (MAE's ViT
+    with the ViT trained from scratch, the ResNets with the ResNet), else with the first named."""
+    groups = by_name(variants)
+    named = [n for n in named if n in groups] if named else [n for n in ("scratch",) if n in groups]
+    if not named:
+        return {}
+
+    def backbone(name: str) -> str | None:
+        method = groups[name][0].method
+        return method.backbone if method is not None else None
+
+    by_backbone: dict[str | None, str] = {}
+    for reference in named:
+        by_backbone.setdefault(backbone(reference), reference)
+    return {name: name if name in named else by_backbone.get(backbone(name), named[0]) for name in groups}
+
+
+def reference_text(references: dict[str, str]) -> str:
+    """``scratch``, or ``scratch / scratch_vit (each variant's backbone)`` for several references."""
+    names = list(dict.fromkeys(references.values()))
+    return names[0] if len(names) == 1 else " / ".join(names) + " (each variant's backbone)"
 
 
 def _read(variant: Variant, key: str) -> Table | None:
@@ -145,20 +163,22 @@ def family(metric: str) -> str:
     return prefix + name.split("/", 1)[0]
 
 
-def compare(variants: list[Variant], reference: str, resamples: int = statistics.RESAMPLES) -> list[Comparison]:
-    """Every variant against ``reference``: per common seed, and pooled (``seed="all"``) when they share two or
-    more seeds; Holm-corrected within each family (``family``) at each seed level."""
+def compare(
+    variants: list[Variant], references: dict[str, str], resamples: int = statistics.RESAMPLES
+) -> list[Comparison]:
+    """Every variant against its reference (``assign_references``): per common seed, and pooled (``seed="all"``)
+    when they share two or more seeds; Holm-corrected within each family (``family``) at each seed level, for each
+    reference."""
     groups = by_name(variants)
-    if reference not in groups:
-        return []
-    references = {v.seed: v for v in groups[reference] if v.evaluation is not None}
     rows: list[dict] = []
     for name, replicates in groups.items():
-        if name == reference:
+        reference = references.get(name, name)
+        if name == reference or reference not in groups:
             continue
+        evaluated = {v.seed: v for v in groups[reference] if v.evaluation is not None}
         paired: dict[str, list[tuple[str, dict, dict]]] = {}  # metric -> (kind, ref, model) per common seed
         for model in replicates:
-            ref = references.get(model.seed)
+            ref = evaluated.get(model.seed)
             if ref is None or model.evaluation is None:
                 continue
             for metric, kind, a, b in metric_data(ref, model):
@@ -217,9 +237,11 @@ def headline_grid(comparisons: list[Comparison]) -> tuple[list[str], list[list[s
     rows = {(c.variant, c.metric): c for c in headline(comparisons)}
     metrics = [m for m in HEADLINE_COLUMNS if any(metric == m for _, metric in rows)]
     variants = list(dict.fromkeys(variant for variant, _ in rows))
+    references = {c.variant: c.reference for c in rows.values()}
+    several = len(set(references.values())) > 1
     body = []
     for variant in variants:
-        cells = [variant]
+        cells = [variant, references[variant]] if several else [variant]
         for metric in metrics:
             c = rows.get((variant, metric))
             if c is None:
@@ -230,16 +252,17 @@ def headline_grid(comparisons: list[Comparison]) -> tuple[list[str], list[list[s
                 f"{_points(metric, c.difference)} [{_points(metric, c.ci_low)}, {_points(metric, c.ci_high)}]{mark}"
             )
         body.append(cells)
-    reference = comparisons[0].reference if comparisons else "?"
     seeds = sorted({c.n_seeds for c in rows.values()})
+    to = "the reference of the variant's backbone (column vs)" if several else next(iter(references.values()), "?")
     footnotes = [
-        f"Difference to {reference} (variant minus reference) with its 95 % interval, paired on the same images; "
+        f"Difference to {to} (variant minus reference) with its 95 % interval, paired on the same images; "
         "accuracies in points, shape bias as a fraction. "
         + ("Pooled over seeds by a hierarchical bootstrap" if seeds[-1] > 1 else "One seed (McNemar's interval)")
         + f" ({' / '.join(map(str, seeds))} seed(s)). ↑ / ↓: resolved, Holm-corrected p < {ALPHA} within the table.",
         "Every metric (factors, error ratios, occlusion, the probes' factors), per seed and pooled: comparisons.csv.",
     ]
-    return ["variant", *[HEADLINE_COLUMNS[m] for m in metrics]], body, footnotes
+    header = ["variant", "vs"] if several else ["variant"]
+    return [*header, *[HEADLINE_COLUMNS[m] for m in metrics]], body, footnotes
 
 
 def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
@@ -279,7 +302,7 @@ def resolved_lines(comparisons: list[Comparison], limit: int = 12) -> list[str]:
     if not rows:
         return []
     significant = sorted((c for c in rows if c.significant), key=lambda c: (family(c.metric) != "headline", c.p_holm))
-    reference = rows[0].reference
+    reference = reference_text({c.variant: c.reference for c in rows})
     lines = [
         f"{len(significant)} of {len(rows)} differences to {reference} are resolved (95 % intervals, Holm-corrected "
         f"p < {ALPHA} within each table); the other {len(rows) - len(significant)} are not."

@@ -191,23 +191,30 @@ def _column_metric(column: str) -> str:
     return "top1" if column == "val_top1" else f"factor_acc/{column}"
 
 
-def _marks_note(marked: bool, reference: str | None) -> str | None:
-    if reference is None:
+def _marks_note(marked: bool, rows: list[dict[str, Any]]) -> str | None:
+    references = list(dict.fromkeys(r["reference"] for r in rows if r["reference"]))
+    if not references:
         return None
+    reference = (
+        f"the reference ({references[0]})"
+        if len(references) == 1
+        else f"the reference of the variant's backbone ({', '.join(references)})"
+    )
     return (
-        f"↑ / ↓: higher / lower than the reference ({reference}) beyond noise: Holm-corrected p < 0.05 of a test "
+        f"↑ / ↓: higher / lower than {reference} beyond noise: Holm-corrected p < 0.05 of a test "
         "paired on the same images (McNemar per seed; hierarchical bootstrap over seeds and images when pooled), "
         "intervals in comparisons.csv. No mark: not resolved." + ("" if marked else " No difference is resolved.")
     )
 
 
 def table1(
-    variants: list[Variant], marks: dict[tuple[str, str], str] | None = None, reference: str | None = None
+    variants: list[Variant], marks: dict[tuple[str, str], str] | None = None, references: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """One row per variant: ``{variant, masking, status, note, min_count, seeds, cells: {column: FactorCell},
     sd: {column: sd across seeds}, marks: {column: ↑ or ↓}}``, where the ``val_top1`` cell holds the evaluate
     stage's top-1 validation accuracy. A variant run with several seeds shows the mean over its seeds; ``marks``
-    (``comparisons.marks``) flags the differences to ``reference`` that are resolved."""
+    (``comparisons.marks``) flags the differences to each variant's reference (``references``,
+    ``comparisons.assign_references``) that are resolved."""
     marks = marks or {}
     rows = []
     for name, replicates in by_name(variants).items():
@@ -215,6 +222,7 @@ def table1(
         per_seed = [_table1_cells(v) for v in replicates]
         pooled = {column: _pooled([cells[column] for cells in per_seed]) for column in per_seed[0]}
         statuses = [v.status("evaluate") for v in replicates]
+        reference = (references or {}).get(name)
         notes = ["reference" if name == reference else None, seeds_note(replicates)]
         notes += [note for v in replicates if (note := _factors_note(v))]
         rows.append(
@@ -272,7 +280,7 @@ def table1_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]
     ]
     if any(r["seeds"] > 1 for r in rows):
         footnotes.append("A variant run with several seeds: the mean over its seeds ± their standard deviation.")
-    marked = _marks_note(any(r["marks"] for r in rows), rows[0]["reference"] if rows else None)
+    marked = _marks_note(any(r["marks"] for r in rows), rows)
     if marked:
         footnotes.append(marked)
     return header, body, footnotes
@@ -441,17 +449,17 @@ SUMMARY_METRICS = {
 
 
 def summary(
-    variants: list[Variant], marks: dict[tuple[str, str], str] | None = None, reference: str | None = None
+    variants: list[Variant], marks: dict[tuple[str, str], str] | None = None, references: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """One row per variant of headline numbers (fractions and seconds; None where missing). A variant run with
     several seeds: the mean over its seeds, ``sd`` their standard deviation, stage seconds summed. ``marks``: the
-    resolved differences to ``reference``, as in Table 1."""
+    resolved differences to each variant's reference, as in Table 1."""
     marks = marks or {}
     rows = []
     for name, replicates in by_name(variants).items():
         per_seed = [_summary_row(v) for v in replicates]
         row: dict[str, Any] = {"variant": name, "masking": replicates[0].label, "seeds": len(replicates), "sd": {}}
-        row["reference"] = reference
+        row["reference"] = (references or {}).get(name)
         row["marks"] = {k: marks[name, m] for k, m in SUMMARY_METRICS.items() if (name, m) in marks}
         for key in SPREAD:
             row[key], row["sd"][key], _ = mean_sd([r.get(key) for r in per_seed])
@@ -538,7 +546,7 @@ def summary_grid(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str
             "A variant run with several seeds: the mean over its seeds ± their standard deviation; the worst factor "
             "by mean accuracy; wall times summed over the seeds."
         )
-    marked = _marks_note(any(r["marks"] for r in rows), rows[0]["reference"] if rows else None)
+    marked = _marks_note(any(r["marks"] for r in rows), rows)
     if marked:
         footnotes.append(marked)
     return header, body, footnotes

@@ -125,10 +125,14 @@ def common_interactions(variants: list[Variant]) -> dict[str, InteractionCurve]:
 
 
 def report(
-    sweep_dir: str | Path, extra_runs: tuple | list = (), out: str | Path | None = None, reference: str | None = None
+    sweep_dir: str | Path,
+    extra_runs: tuple | list = (),
+    out: str | Path | None = None,
+    references: tuple | list = (),
 ) -> Path:
-    """Build everything into ``out`` (default ``SWEEP_DIR/report``): comparisons.csv (every variant against
-    ``reference``: the one named here, else the sweep's, else ``scratch``), table1.md/.csv, counts.md/.csv,
+    """Build everything into ``out`` (default ``SWEEP_DIR/report``): comparisons.csv (every variant against its
+    reference: those named here, else the sweep's, else ``scratch``; with several, the one of the variant's backbone,
+    ``comparisons.assign_references``), table1.md/.csv, counts.md/.csv,
     summary.md/.csv, figure2_error_ratios.png, figure3_reconstructions.png, occlusion.png, cka.png, shape_bias.png,
     curves_<variant>.png and report.html; return the HTML path. Figures without data yet are not written (the
     page says why). Raises FileNotFoundError when there is no results.sqlite and no extra run."""
@@ -148,26 +152,29 @@ def report(
     # mean over its seeds, the tables and comparisons every seed
     shown = [replicates[0] for replicates in groups.values()]
 
-    named = reference or meta.get("reference")
-    reference = comparisons.default_reference(variants, named)
-    compared = comparisons.compare(variants, reference) if reference else []
+    in_sweep = meta.get("reference")  # a name, or a list of names (one per backbone)
+    named = list(references) or ([in_sweep] if isinstance(in_sweep, str) else list(in_sweep or []))
+    unknown = [name for name in named if name not in groups]
+    references = {} if unknown else comparisons.assign_references(variants, named)
+    reference = comparisons.reference_text(references) if references else None
+    compared = comparisons.compare(variants, references) if references else []
     comparisons.write_csv(compared, out_dir / "comparisons.csv")
     resolved = comparisons.resolved_lines(compared)
     if reference is None:
-        missing = f"the reference {named!r} is not a variant" if named else "no variant is named scratch"
+        missing = f"{', '.join(map(repr, unknown))} is not a variant" if unknown else "no variant is named scratch"
         resolved = [f"No comparisons: {missing} (name one with `reference:` in the sweep or --reference)."]
     elif not compared:
         resolved = [
             f"No comparisons with {reference} yet: no other variant has per-image evaluation records for a seed "
-            f"that {reference} has evaluated (evaluate stages pending or failed, or written by an older release)."
+            f"that its reference has evaluated (evaluate stages pending or failed, or written by an older release)."
         ]
     _say(f"comparisons with {reference} -> {out_dir / 'comparisons.csv'} ({len(compared)} rows)")
     for line in resolved:
         _say(line)
 
     marks = comparisons.marks(compared)
-    rows1, count_rows = tables.table1(variants, marks, reference), tables.counts(variants)
-    summary_rows = tables.summary(variants, marks, reference)
+    rows1, count_rows = tables.table1(variants, marks, references), tables.counts(variants)
+    summary_rows = tables.summary(variants, marks, references)
     (out_dir / "table1.md").write_text(tables.table1_markdown(rows1))
     tables.table1_csv(rows1, out_dir / "table1.csv")
     (out_dir / "counts.md").write_text(tables.counts_markdown(count_rows))

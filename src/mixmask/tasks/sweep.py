@@ -8,7 +8,7 @@ A sweep file names the base configs of the three stages and a list of variants, 
     evaluate: {eval: {cka_images: 500}}               # layered on each variant's finetune config
     common: [data.image_size=64]                      # overrides for every stage
     seeds: [0, 1, 2]                                  # replicates: every variant once per seed (train.seed)
-    reference: scratch                                # what the report compares every variant with
+    reference: scratch                  # what the report compares every variant with; [a, b]: each with its backbone's
     variants:
       - {name: patch4_r60, pretrain: ["masking.strategies=[{patch_size: 4, ratio: 0.6}]"]}
       - {name: mocov3, pretrain: ../pretrain/mocov3_tiny_shapesx.yaml}   # a file: this variant's own base
@@ -105,7 +105,9 @@ class Sweep:
     nproc: int
     variants: list[PlannedVariant]
     seeds: list[int] | None = None  # None: one run per variant, with its configs' own train.seed
-    reference: str | None = None  # the variant the report compares the others with (None: scratch, if any)
+    # the variant the report compares the others with (None: scratch, if any); a list: one per backbone, each variant
+    # compared with the one of its own backbone
+    reference: str | list[str] | None = None
     slurm: dict | None = None  # the jobs' resources with --executor (``mixmask.tasks.cluster``)
 
     def replicates(self, variant: PlannedVariant) -> list[int]:
@@ -237,9 +239,14 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
                     )
         variants.append(variant)
     reference = data.get("reference")
-    if reference is not None and reference not in [v.name for v in variants]:
-        known = ", ".join(v.name for v in variants)
-        raise _error("`reference`", f"got {reference!r}; expected the name of one of the variants: {known}")
+    known = [v.name for v in variants]
+    named = [reference] if isinstance(reference, str) else reference
+    expected = f"expected the name of one of the variants, or a list of them (one per backbone): {', '.join(known)}"
+    if named is not None and not isinstance(named, list):
+        raise _error("`reference`", f"got {reference!r}; {expected}")
+    for name in named or []:
+        if name not in known:
+            raise _error("`reference`", f"got {name!r}; {expected}")
     description = str(data.get("description", ""))
     stage_resources(data.get("slurm"))  # checked now, used with --executor
     return Sweep(
