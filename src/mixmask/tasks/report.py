@@ -155,9 +155,9 @@ def report(
     in_sweep = meta.get("reference")  # a name, or a list of names (one per backbone)
     named = list(references) or ([in_sweep] if isinstance(in_sweep, str) else list(in_sweep or []))
     unknown = [name for name in named if name not in groups]
-    references = {} if unknown else comparisons.assign_references(variants, named)
-    reference = comparisons.reference_text(references) if references else None
-    compared = comparisons.compare(variants, references) if references else []
+    assigned = {} if unknown else comparisons.assign_references(variants, named)  # variant -> its reference
+    reference = comparisons.reference_text(assigned) if assigned else None
+    compared = comparisons.compare(variants, assigned) if assigned else []
     comparisons.write_csv(compared, out_dir / "comparisons.csv")
     resolved = comparisons.resolved_lines(compared)
     if reference is None:
@@ -173,8 +173,8 @@ def report(
         _say(line)
 
     marks = comparisons.marks(compared)
-    rows1, count_rows = tables.table1(variants, marks, references), tables.counts(variants)
-    summary_rows = tables.summary(variants, marks, references)
+    rows1, count_rows = tables.table1(variants, marks, assigned), tables.counts(variants)
+    summary_rows = tables.summary(variants, marks, assigned)
     (out_dir / "table1.md").write_text(tables.table1_markdown(rows1))
     tables.table1_csv(rows1, out_dir / "table1.csv")
     (out_dir / "counts.md").write_text(tables.counts_markdown(count_rows))
