@@ -136,6 +136,8 @@ def test_several_references_each_compare_the_variants_of_their_backbone(tmp_path
         "scratch": "scratch", "a2mim": "scratch", "scratch_vit": "scratch_vit", "mae": "scratch_vit",
         "convnext": "scratch",
     }  # fmt: skip
+    with pytest.raises(ValueError, match="the references scratch and a2mim are both resnet_tiny; name one per"):
+        comparisons.assign_references(variants, ["scratch", "a2mim"])
     rows = comparisons.compare(variants, references, resamples=200)
     top1 = {c.variant: c for c in rows if c.metric == "top1"}
     assert {v: c.reference for v, c in top1.items()} == {

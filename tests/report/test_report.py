@@ -149,6 +149,15 @@ def _evaluate_results(sweep: Path, name: str) -> dict:
 
 
 @pytest.mark.slow
+def test_two_references_of_one_backbone_give_one_line_and_no_comparisons(sweep, tmp_path, capsys):
+    page = report(sweep, out=tmp_path / "out", references=["scratch", "p4"])
+    line = "No comparisons: the references scratch and p4 are both resnet_tiny; name one per backbone"
+    assert line in capsys.readouterr().out
+    assert line.replace("No comparisons: ", "") in page.read_text()
+    assert (tmp_path / "out" / "comparisons.csv").read_text().count("\n") == 1  # the header only
+
+
+@pytest.mark.slow
 def test_table1_numbers_are_the_evaluate_results_in_percent(sweep):
     variants = collect.collect_variants(sweep)
     assert [v.name for v in variants] == list(VARIANTS)

@@ -226,7 +226,12 @@ def test_seeds_must_be_distinct_integers():
         with pytest.raises(ConfigError, match=f"sweep `reference`: got '?{named}'?; {expected}"):
             load_sweep(data=tiny_sweep(reference=bad))
     assert load_sweep(data=tiny_sweep(reference="scratch")).reference == "scratch"
-    assert load_sweep(data=tiny_sweep(reference=["scratch", "p4"])).reference == ["scratch", "p4"]
+    with pytest.raises(ConfigError, match="sweep `reference`: scratch and p4 are both resnet_tiny; name one reference"):
+        load_sweep(data=tiny_sweep(reference=["scratch", "p4"]))
+    vit = {"name": "scratch_vit", "stages": ["finetune", "evaluate"], "finetune": ["model.backbone=vit_tiny_p8"]}
+    variants = [*tiny_sweep()["variants"], vit]
+    named = ["scratch", "scratch_vit"]
+    assert load_sweep(data=tiny_sweep(variants=variants, reference=named)).reference == named
 
 
 def test_seeds_run_every_variant_once_per_seed_resume_and_grow(tmp_path, monkeypatch, capsys):

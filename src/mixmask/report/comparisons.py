@@ -52,7 +52,8 @@ def assign_references(variants: list[Variant], named: list[str] | None = None) -
     """Each variant's reference, a reference being its own: ``{}`` when there is none. ``named``: the study's
     references (names that are not variants are left out); none named: ``scratch`` when there is one. With one
     reference every variant is compared with it; with several, each with the reference of its own backbone (MAE's ViT
-    with the ViT trained from scratch, the ResNets with the ResNet), else with the first named."""
+    with the ViT trained from scratch, the ResNets with the ResNet), else with the first named; two references of
+    one backbone are refused (ValueError)."""
     groups = by_name(variants)
     named = [n for n in named if n in groups] if named else [n for n in ("scratch",) if n in groups]
     if not named:
@@ -64,7 +65,10 @@ def assign_references(variants: list[Variant], named: list[str] | None = None) -
 
     by_backbone: dict[str | None, str] = {}
     for reference in named:
-        by_backbone.setdefault(backbone(reference), reference)
+        if (other := by_backbone.setdefault(backbone(reference), reference)) != reference:
+            raise ValueError(
+                f"the references {other} and {reference} are both {backbone(reference)}; name one per backbone"
+            )
     return {name: name if name in named else by_backbone.get(backbone(name), named[0]) for name in groups}
 
 

@@ -155,14 +155,17 @@ def report(
     in_sweep = meta.get("reference")  # a name, or a list of names (one per backbone)
     named = list(references) or ([in_sweep] if isinstance(in_sweep, str) else list(in_sweep or []))
     unknown = [name for name in named if name not in groups]
-    assigned = {} if unknown else comparisons.assign_references(variants, named)  # variant -> its reference
+    problem = f"{', '.join(map(repr, unknown))} is not a variant" if unknown else "no variant is named scratch"
+    try:
+        assigned = {} if unknown else comparisons.assign_references(variants, named)  # variant -> its reference
+    except ValueError as error:  # two references of one backbone
+        assigned, problem = {}, str(error)
     reference = comparisons.reference_text(assigned) if assigned else None
     compared = comparisons.compare(variants, assigned) if assigned else []
     comparisons.write_csv(compared, out_dir / "comparisons.csv")
     resolved = comparisons.resolved_lines(compared)
     if reference is None:
-        missing = f"{', '.join(map(repr, unknown))} is not a variant" if unknown else "no variant is named scratch"
-        resolved = [f"No comparisons: {missing} (name one with `reference:` in the sweep or --reference)."]
+        resolved = [f"No comparisons: {problem} (name one with `reference:` in the sweep or --reference)."]
     elif not compared:
         resolved = [
             f"No comparisons with {reference} yet: no other variant has per-image evaluation records for a seed "

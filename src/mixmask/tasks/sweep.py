@@ -244,9 +244,14 @@ def load_sweep(path: str | Path | None = None, data: dict | None = None) -> Swee
     expected = f"expected the name of one of the variants, or a list of them (one per backbone): {', '.join(known)}"
     if named is not None and not isinstance(named, list):
         raise _error("`reference`", f"got {reference!r}; {expected}")
+    backbones: dict[str, str] = {}  # backbone -> the reference named for it
     for name in named or []:
         if name not in known:
             raise _error("`reference`", f"got {name!r}; {expected}")
+        planned = variants[known.index(name)]
+        backbone = planned.configs[planned.stages[0]].model.backbone
+        if (other := backbones.setdefault(backbone, name)) != name:
+            raise _error("`reference`", f"{other} and {name} are both {backbone}; name one reference per backbone")
     description = str(data.get("description", ""))
     stage_resources(data.get("slurm"))  # checked now, used with --executor
     return Sweep(
