@@ -598,7 +598,10 @@ class EvalConfig:
     # ImageNet models: the cue-conflict stimuli of Geirhos et al. in their public layout, <category>/<name>.png
     # (scored by the 16-category protocol); ShapesX uses its own cue-conflict split
     cue_conflict_root: str = ""
+    # masked-pixel PSNR of the pretraining per strategy, per image on the first reconstruction_images validation images
+    # (the report compares models image by image), and its figure on 8 of them
     reconstruction: bool = True
+    reconstruction_images: int = 500
 
     def check(self, where: str) -> None:
         _require(self.batch_size >= 1, f"{where}.batch_size", self.batch_size, "an integer >= 1")
@@ -617,7 +620,10 @@ class EvalConfig:
             len(set(self.probes)) == len(self.probes), f"{where}.probes", self.probes, "linear and/or knn, once each"
         )
         _require(self.probe_weight_decay >= 0, f"{where}.probe_weight_decay", self.probe_weight_decay, "a number >= 0")
-        for name in ("interaction_images", "interaction_pairs", "interaction_contexts", "frequency_images"):
+        for name in (
+            "interaction_images", "interaction_pairs", "interaction_contexts", "frequency_images",
+            "reconstruction_images",
+        ):  # fmt: skip
             _require(getattr(self, name) >= 1, f"{where}.{name}", getattr(self, name), "an integer >= 1")
         _require(self.interaction_grid >= 2, f"{where}.interaction_grid", self.interaction_grid, "an integer >= 2")
 

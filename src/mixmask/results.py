@@ -432,7 +432,8 @@ class FrequencyProfile(_Record):
 
 @dataclass(frozen=True)
 class Reconstruction(_Record):
-    """Masked-pixel PSNR of one masking strategy (index ``strategy``) on fixed images; ``figure`` and ``images``
+    """Masked-pixel PSNR of one masking strategy (index ``strategy``) on fixed images (``scored`` of them in an
+    evaluation, its per-image errors in ``reconstruction.csv``; 8 in a pretraining run); ``figure`` and ``images``
     (the uint8 image rows, evaluation only) are paths relative to the run folder."""
 
     strategy: int
@@ -442,10 +443,11 @@ class Reconstruction(_Record):
     psnr_masked: float
     figure: str
     images: str | None = None
+    scored: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
-        return out if self.images else {k: v for k, v in out.items() if k != "images"}
+        return {k: v for k, v in out.items() if v is not None or k not in ("images", "scored")}
 
 
 def _mapping(data: Any, where: str) -> dict:

@@ -158,3 +158,32 @@ def test_several_references_each_compare_the_variants_of_their_backbone(tmp_path
     assert "the reference of the variant's backbone" in notes[0]
     first_line = comparisons.resolved_lines(rows)[0]
     assert "differences to scratch / scratch_vit (each variant's backbone) are resolved" in first_line
+
+
+def test_masked_psnr_is_compared_image_by_image_for_the_strategies_both_pretrainings_used(tmp_path):
+    """psnr/<strategy> rows: the pooled PSNR 10 log10(sum count / sum sse) of each model on the images both scored,
+    with a paired bootstrap; a strategy only one model used gives no row."""
+    rng = np.random.default_rng(3)
+    names = [f"val_{i:04d}.png" for i in range(N)]
+    count = np.full(N, 3 * 64.0)
+    sse = {"a": rng.uniform(0.5, 1.5, N), "b": rng.uniform(0.5, 1.5, N) * 0.7}  # b's errors 30 % smaller
+    variants = []
+    for name in ("a", "b"):
+        v = replicate(tmp_path, name, 0, rng.random(N) < 0.5, rng.random(30) < 0.5)
+        folder = v.runs["evaluate"].run_dir
+        header = ["file_name", "sse@p8_r0.6", "count@p8_r0.6"] + (
+            ["sse@p4_r0.6", "count@p4_r0.6"] if name == "b" else []
+        )
+        rows = [[n, s, c] + ([s, c] if name == "b" else []) for n, s, c in zip(names, sse[name], count, strict=True)]
+        _write(folder / "recon.csv", header, rows)
+        v.evaluation.per_image["reconstruction"] = "recon.csv"
+        variants.append(v)
+    rows = {c.metric: c for c in comparisons.compare(variants, {"b": "a"}, resamples=500)}
+    assert [m for m in rows if m.startswith("psnr/")] == ["psnr/p8_r0.6"]
+    psnr = rows["psnr/p8_r0.6"]
+    assert psnr.test == "bootstrap" and psnr.n_images == N
+    assert psnr.value == pytest.approx(10 * np.log10(count.sum() / sse["b"].sum()))
+    assert psnr.reference_value == pytest.approx(10 * np.log10(count.sum() / sse["a"].sum()))
+    assert psnr.significant and psnr.difference == pytest.approx(10 * np.log10(sse["a"].sum() / sse["b"].sum()))
+    assert comparisons.family("psnr/p8_r0.6") == "psnr"
+    assert " dB [" in comparisons.describe(psnr)

@@ -1,13 +1,17 @@
-"""Reconstruction quality of a masked-image model: PSNR on the masked pixels per strategy, and the image rows of its
-figure (masked input, prediction, prediction pasted into the visible pixels, original), which
-``mixmask.report.figures.reconstruction_figure`` draws."""
+"""Reconstruction quality of a masked-image model: PSNR on the masked pixels per strategy, per image so that two
+models can be compared image by image (``masked_errors``), and the image rows of its figure (masked input,
+prediction, prediction pasted into the visible pixels, original), which ``mixmask.report.figures.reconstruction_figure``
+draws."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
+from mixmask.data.common import Batch
 from mixmask.data.transforms import denormalize
-from mixmask.masking import MixedMasker
+from mixmask.masking import MaskSpec, MixedMasker
 
 
 def reconstructs_pixels(model: torch.nn.Module) -> bool:
@@ -59,3 +63,56 @@ def reconstruct(
         )
     model.train(was_training)
     return results
+
+
+def strategy_names(masker: MixedMasker) -> list[str]:
+    """How per-image records name the masker's strategies: ``p8_r0.6`` (``_blockwise`` or ``_uniform`` for those
+    kinds), the same name in every model that masks so, whatever stage its token enters at; a second strategy of the
+    same masks in one model gets its stage appended, ``p8_r0.6_s3``."""
+    names: list[str] = []
+    for spec, stage in zip(masker.specs, masker.stages, strict=True):
+        name = f"p{spec.patch_size}_r{spec.ratio:g}" + ("" if spec.kind == "random" else f"_{spec.kind}")
+        names.append(f"{name}_s{stage}" if name in names else name)
+    return names
+
+
+def _mask_seed(seed: int, spec: MaskSpec, first_index: int) -> int:
+    """From the strategy itself, not its place in a model's list, so every model with it draws the same masks."""
+    return (seed * 1_000_003 + first_index) * 7919 + spec.patch_size * 1009 + round(spec.ratio * 1000)
+
+
+@torch.no_grad()
+def masked_errors(
+    model: torch.nn.Module,
+    masker: MixedMasker,
+    batches: Iterable[Batch],
+    mean: list[float],
+    std: list[float],
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[list[int], dict[str, dict[str, list[float]]]]:
+    """Per image and strategy of ``masker``: the squared error summed over the masked pixel-channels of the [0, 1]
+    image (``sse``) and their number (``count``), so PSNR over any set of images is 10 log10(sum count / sum sse).
+    A batch's masks come from (``seed``, the strategy, the batch's first image index): models with the same strategy,
+    scored with the same batches, see the same masks on the same images. Returns the images' dataset indices and
+    ``{name: {"sse": [...], "count": [...]}}``, the strategies in order, named by ``strategy_names``."""
+    was_training = model.training
+    model.eval()
+    indices: list[int] = []
+    names = strategy_names(masker)
+    errors = {name: {"sse": [], "count": []} for name in names}
+    for batch in batches:
+        images = batch.images.to(device)
+        original = denormalize(images, mean, std)
+        for index, spec in enumerate(masker.specs):
+            generator = torch.Generator(device=device).manual_seed(_mask_seed(seed, spec, int(batch.indices[0])))
+            choice = torch.full((len(images),), index, dtype=torch.long)
+            masks = masker.masks_for(choice, images.shape[-1], generator=generator)
+            prediction = denormalize(model(images, masks)["prediction"].float(), mean, std)
+            masked = masks.pixels[:, None].float()
+            record = errors[names[index]]
+            record["sse"] += ((prediction - original).square() * masked).sum(dim=(1, 2, 3)).double().tolist()
+            record["count"] += (masked.sum(dim=(1, 2, 3)) * images.shape[1]).tolist()
+        indices += batch.indices.tolist()
+    model.train(was_training)
+    return indices, errors

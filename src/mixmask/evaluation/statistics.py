@@ -78,6 +78,13 @@ def shape_bias(columns: Columns, weights: np.ndarray) -> np.ndarray:
         return shape / (shape + texture)
 
 
+def masked_psnr(columns: Columns, weights: np.ndarray) -> np.ndarray:
+    """PSNR in dB of [0, 1] images over their masked pixel-channels, pooled over the images: 10 log10(count /
+    squared error), from each image's summed squared error (column ``sse``) and masked pixel-channels (``count``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 10 * np.log10((weights @ columns["count"]) / (weights @ columns["sse"]))
+
+
 def observed(statistic: Statistic, columns: Columns) -> float:
     n = len(next(iter(columns.values())))
     return float(statistic(_floats(columns), np.ones((1, n)))[0])

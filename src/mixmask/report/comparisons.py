@@ -3,12 +3,13 @@ own backbone), metric by metric, paired on the same images, per seed and pooled 
 
 The numbers come from the per-image records each evaluation wrote (``EvaluateResults.per_image``); nothing is
 re-derived from the aggregate tables. Per seed, an accuracy (validation top-1, a factor's accuracy, accuracy at an
-occlusion ratio) is compared with McNemar's exact test and a ratio (a factor's error ratio, shape bias) with a
+occlusion ratio) is compared with McNemar's exact test and a ratio (a factor's error ratio, shape bias) or the
+pretraining's masked-pixel PSNR of a strategy both pretrainings used (from each image's squared error) with a
 paired bootstrap over images; when both ran two or more seeds, the mean difference over their common seeds gets a
 hierarchical bootstrap (seeds, then images). Holm's correction runs within the rows of one table of the report at
 one level (one seed, or ``all``), for one reference: the headline numbers (top-1, factor average, shape bias, and
 the probes' top-1), the factor accuracies, the error ratios, the occlusion accuracies, each of the finetuned
-classifier or of one probe. Bootstrap p-values cannot be smaller than 2 / (resamples + 1), so the default 10,000
+classifier or of one probe, and the PSNRs. Bootstrap p-values cannot be smaller than 2 / (resamples + 1), so the default 10,000
 resamples (``statistics.RESAMPLES``) keep a family of 50 rows resolvable. Occlusion ratio 0 is the clean
 validation accuracy, already compared as ``top1``.
 """
@@ -109,7 +110,7 @@ def metric_data(reference: Variant, model: Variant) -> Iterator[tuple[str, str, 
 
 
 def _metric_data(reference: Variant, model: Variant, prefix: str) -> Iterator[tuple[str, str, dict, dict]]:
-    keys = ("top1", "factors", "occlusion", "shape_bias")
+    keys = ("top1", "factors", "occlusion", "shape_bias", "reconstruction")
     pairs = {key: (_read(reference, prefix + key), _read(model, prefix + key)) for key in keys}
     ref, var = pairs["top1"]
     if ref and var:
@@ -142,11 +143,21 @@ def _metric_data(reference: Variant, model: Variant, prefix: str) -> Iterator[tu
         a, b, n = _joined(ref, var, {"shape": "shape_decision", "texture": "texture_decision"})
         if n:
             yield "shape_bias", "shape_bias", a, b
+    ref, var = pairs["reconstruction"]  # the pretraining's masked-pixel PSNR, for the strategies both scored
+    if ref and var:
+        strategies = [c.split("@", 1)[1] for c in next(iter(ref.values())) if c.startswith("sse@")]
+        for strategy in strategies:
+            if f"sse@{strategy}" in next(iter(var.values())):
+                a, b, n = _joined(ref, var, {"sse": f"sse@{strategy}", "count": f"count@{strategy}"})
+                if n:
+                    yield f"psnr/{strategy}", "psnr", a, b
 
 
 def _statistic(kind: str) -> statistics.Statistic:
     if kind == "accuracy":
         return statistics.accuracy
+    if kind == "psnr":
+        return statistics.masked_psnr
     if kind == "shape_bias":
         return statistics.shape_bias
     return statistics.error_ratio(kind.split("/", 1)[1])
@@ -285,13 +296,15 @@ def _is_ratio(metric: str) -> bool:
 
 
 def _points(metric: str, value: float) -> str:
-    """A difference in the metric's own unit: points for accuracies, plain for ratios."""
+    """A difference in the metric's own unit: points for accuracies, plain for ratios, dB for PSNR."""
+    if metric.startswith("psnr/"):
+        return f"{value:+.2f}"
     return f"{value:+.3f}" if _is_ratio(metric) else f"{100 * value:+.1f}"
 
 
 def describe(c: Comparison) -> str:
     """``patch4: top1 +2.1 points [+0.8, +3.4] vs scratch (Holm p = 0.003, 3 seeds)``."""
-    unit = "" if _is_ratio(c.metric) else " points"
+    unit = " dB" if c.metric.startswith("psnr/") else "" if _is_ratio(c.metric) else " points"
     seeds = f"{c.n_seeds} seeds" if c.seed == "all" else f"seed {c.seed}"
     return (
         f"{c.variant}: {c.metric} {_points(c.metric, c.difference)}{unit} "

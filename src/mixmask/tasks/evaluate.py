@@ -9,6 +9,7 @@ split; on ImageNet(-100) class folders the factor table is ImageNet-X on the val
 from __future__ import annotations
 
 import csv
+import math
 import re
 import time
 from dataclasses import asdict, replace
@@ -18,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from mixmask.analysis import frequency, interactions
-from mixmask.config import Config, ConfigError, apply_override, load_config, read_yaml, to_dict
+from mixmask.config import Config, ConfigError, EvalConfig, apply_override, load_config, read_yaml, to_dict
 from mixmask.data import build_dataset, eval_loader
 from mixmask.data.transforms import eval_transform_for
 from mixmask.engine import distributed
@@ -29,7 +30,7 @@ from mixmask.evaluation.cka import occlusion_invariance, vit_token_drop
 from mixmask.evaluation.classification import Outputs, collect, topk_accuracy
 from mixmask.evaluation.occlusion import OcclusionSettings, occlusion_curve, occlusion_predictions
 from mixmask.evaluation.probes import knn_probe, linear_probe
-from mixmask.evaluation.reconstruction import reconstruct, reconstructs_pixels
+from mixmask.evaluation.reconstruction import masked_errors, reconstruct, reconstructs_pixels
 from mixmask.evaluation.shape_bias import (
     CueConflictFolder,
     category_columns,
@@ -166,9 +167,13 @@ def factor_results(
     return score_factors(cfg, val_set, val_predictions, test, predictions)
 
 
-def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.device) -> list[Reconstruction]:
-    """Masked-pixel PSNR per strategy of a pretraining run, with its figure grids (none for a method that predicts
-    no image: a two-view method, or HOG targets)."""
+def reconstruction_results(
+    pretrain_run: Path, out_dir: Path, device: torch.device, ev: EvalConfig
+) -> tuple[list[Reconstruction], str | None]:
+    """Masked-pixel PSNR per strategy of a pretraining run on the first ``ev.reconstruction_images`` validation
+    images, each image's squared error and masked pixel-channels written to ``reconstruction.csv`` (what the report's
+    paired comparisons read), and its figure grids on 8 fixed images; nothing for a method that predicts no image (a
+    two-view method, or HOG targets). Returns the records and the CSV's name (None without one)."""
     from mixmask.models.factory import build_pretrain_model
     from mixmask.tasks.pretrain import reconstruction_images
 
@@ -176,9 +181,17 @@ def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.devi
     model, masker = build_pretrain_model(cfg)
     if not reconstructs_pixels(model):  # a contrastive method or HOG targets: no image to score
         print(f"reconstructions: none ({'two views' if model.two_views else 'the model predicts HOG features'})")
-        return []
+        return [], None
     load_checkpoint(latest_intact_checkpoint(pretrain_run, weights_only=True), model, restore_rng=False)
     model.to(device).eval()
+    val_set = build_dataset(cfg.data, "val", eval_transform_for(cfg.data))
+    loader = eval_loader(val_set, cfg.data, ev.batch_size, min(ev.reconstruction_images, len(val_set)))
+    indices, errors = masked_errors(model, masker, loader, cfg.data.mean, cfg.data.std, ev.seed, device)
+    names = list(errors)
+    columns = [f"{column}@{name}" for name in names for column in ("sse", "count")]
+    per_image = zip(*[errors[name][column] for name in names for column in ("sse", "count")], strict=True)
+    csv_rows = ([val_set.file_name(i), *values] for i, values in zip(indices, per_image, strict=True))
+    write_csv(out_dir / "reconstruction.csv", ["file_name", *columns], csv_rows)
     images = reconstruction_images(cfg).to(device)
     results = []
     for result in reconstruct(model, masker, images, cfg.data.mean, cfg.data.std, seed=cfg.train.seed):
@@ -188,9 +201,13 @@ def reconstruction_results(pretrain_run: Path, out_dir: Path, device: torch.devi
         # (contiguous: a ViT's decoder output is a channels-last view, which safetensors refuses)
         rows = {name: (row * 255).round().to(torch.uint8).cpu().contiguous() for name, row in result["rows"].items()}
         save_file(rows, out_dir / f"{stem}.safetensors")
+        error = errors[names[result["strategy"]]]
         scores = {k: v for k, v in result.items() if k != "rows"}
-        results.append(Reconstruction(**scores, figure=f"{stem}.png", images=f"{stem}.safetensors"))
-    return results
+        scores["psnr_masked"] = 10 * math.log10(sum(error["count"]) / max(sum(error["sse"]), 1e-10))
+        results.append(
+            Reconstruction(**scores, figure=f"{stem}.png", images=f"{stem}.safetensors", scored=len(indices))
+        )
+    return results, "reconstruction.csv"
 
 
 def cka_curves(cfg: Config, network: Classifier, val_set, device: torch.device) -> CKACurves:
@@ -567,7 +584,9 @@ def evaluate(cfg: Config, out: str | Path | None = None) -> Path:
         and run_task(pretrain_run) == "pretrain"
     ):
         start = time.perf_counter()
-        results.reconstruction = reconstruction_results(pretrain_run, out_dir, device)
+        results.reconstruction, per_image = reconstruction_results(pretrain_run, out_dir, device, ev)
+        if per_image:
+            results.per_image["reconstruction"] = per_image
         results.reconstruction_run = str(pretrain_run)
         results.seconds["reconstruction"] = time.perf_counter() - start
         save()
