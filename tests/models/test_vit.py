@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from mixmask.cli import main
-from mixmask.config import ConfigError, load_config
+from mixmask.config import ConfigError, EvalConfig, load_config
 from mixmask.data.shapesx import ShapesX
 from mixmask.models.backbone import ViTBackbone, build_backbone, create_timm_model
 from mixmask.models.classifier import Classifier
@@ -176,8 +176,10 @@ def test_vit_pretrain_cli_run_and_its_reconstructions_are_saved(tmp_path):
     overrides = ["data.image_size=32", "data.shapesx.train=64", "data.shapesx.val=8", "data.num_workers=0"]
     overrides += ["train.batch_size=32", "train.epochs=1", "masking.strategies=[{patch_size: 16, ratio: 0.5}]"]
     assert main(["pretrain", config, *overrides, "--out", str(run)]) == 0
-    [result] = reconstruction_results(run, tmp_path / "eval", torch.device("cpu"))
+    [result], per_image = reconstruction_results(run, tmp_path / "eval", torch.device("cpu"), EvalConfig())
     assert (result.patch_size, result.stage) == (16, 0) and 5 < result.psnr_masked < 60
+    assert result.scored == 8 and per_image == "reconstruction.csv"  # the 8 validation images, one row each
+    assert len((tmp_path / "eval" / per_image).read_text().splitlines()) == 1 + 8
     rows = load_file(tmp_path / "eval" / result.images)
     assert set(rows) == {"masked", "prediction", "pasted", "original"}
     assert all(row.dtype == torch.uint8 and row.shape[1:] == (3, 32, 32) for row in rows.values())

@@ -187,6 +187,7 @@ def reconstruction_results(
     val_set = build_dataset(cfg.data, "val", eval_transform_for(cfg.data))
     loader = eval_loader(val_set, cfg.data, ev.batch_size, min(ev.reconstruction_images, len(val_set)))
     indices, errors = masked_errors(model, masker, loader, cfg.data.mean, cfg.data.std, ev.seed, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
     names = list(errors)
     columns = [f"{column}@{name}" for name in names for column in ("sse", "count")]
     per_image = zip(*[errors[name][column] for name in names for column in ("sse", "count")], strict=True)
