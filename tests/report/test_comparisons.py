@@ -187,3 +187,6 @@ def test_masked_psnr_is_compared_image_by_image_for_the_strategies_both_pretrain
     assert psnr.significant and psnr.difference == pytest.approx(10 * np.log10(sse["a"].sum() / sse["b"].sum()))
     assert comparisons.family("psnr/p8_r0.6") == "psnr"
     assert " dB [" in comparisons.describe(psnr)
+    header, body, _ = comparisons.headline_grid(list(rows.values()))
+    assert header[-1] == "PSNR p8_r0.6 (dB)"
+    assert body[0][-1] == f"{psnr.difference:+.2f} [{psnr.ci_low:+.2f}, {psnr.ci_high:+.2f}]↑"

@@ -247,10 +247,13 @@ HEADLINE_COLUMNS = {
 
 
 def headline_grid(comparisons: list[Comparison]) -> tuple[list[str], list[list[str]], list[str]]:
-    """The headline differences to the reference, a variant per row: ``difference [95 % interval]`` in points (or
-    plain for shape bias), ``↑`` / ``↓`` when resolved; the columns no variant has are left out."""
+    """The headline differences to the reference, a variant per row: ``difference [95 % interval]`` in points (plain
+    for shape bias, dB for the pretraining's masked-pixel PSNR of each strategy compared), ``↑`` / ``↓`` when
+    resolved; the columns no variant has are left out."""
     rows = {(c.variant, c.metric): c for c in headline(comparisons)}
-    metrics = [m for m in HEADLINE_COLUMNS if any(metric == m for _, metric in rows)]
+    psnr = {m: f"PSNR {m.split('/', 1)[1]} (dB)" for _, m in rows if m.startswith("psnr/")}
+    columns = HEADLINE_COLUMNS | dict(sorted(psnr.items()))
+    metrics = [m for m in columns if any(metric == m for _, metric in rows)]
     variants = list(dict.fromkeys(variant for variant, _ in rows))
     references = {c.variant: c.reference for c in rows.values()}
     several = len(set(references.values())) > 1
@@ -271,13 +274,14 @@ def headline_grid(comparisons: list[Comparison]) -> tuple[list[str], list[list[s
     to = "the reference of the variant's backbone (column vs)" if several else next(iter(references.values()), "?")
     footnotes = [
         f"Difference to {to} (variant minus reference) with its 95 % interval, paired on the same images; "
-        "accuracies in points, shape bias as a fraction. "
+        "accuracies in points, shape bias as a fraction, PSNR in dB. "
         + ("Pooled over seeds by a hierarchical bootstrap" if seeds[-1] > 1 else "One seed (McNemar's interval)")
-        + f" ({' / '.join(map(str, seeds))} seed(s)). ↑ / ↓: resolved, Holm-corrected p < {ALPHA} within the table.",
+        + f" ({' / '.join(map(str, seeds))} seed(s)). ↑ / ↓: resolved, Holm-corrected p < {ALPHA} within the table"
+        + (" (the PSNRs a table of their own)." if psnr else "."),
         "Every metric (factors, error ratios, occlusion, the probes' factors), per seed and pooled: comparisons.csv.",
     ]
     header = ["variant", "vs"] if several else ["variant"]
-    return [*header, *[HEADLINE_COLUMNS[m] for m in metrics]], body, footnotes
+    return [*header, *[columns[m] for m in metrics]], body, footnotes
 
 
 def write_csv(comparisons: list[Comparison], path: str | Path) -> Path:
