@@ -308,7 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="tables, figures and one self-contained HTML page from a sweep folder (and extra runs)"
     )
     report.add_argument("sweep_dir", metavar="SWEEP_DIR")
-    report.add_argument("runs", nargs="*", metavar="RUN_DIR", help="more evaluated runs to include as variants")
+    report.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="more evaluated runs to include as variants, named after their folder (<variant>/seed<k>/<stage>: "
+        "<variant>, the seeds of one name grouped as its replicates)",
+    )
     report.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/report)")
     report.add_argument(
         "--reference",

@@ -309,6 +309,23 @@ def test_extra_run_folders_become_variants(sweep, tmp_path):
         report(tmp_path / "nowhere", extra_runs=[sweep / "runs" / "p4" / "pretrain"], out=tmp_path / "out2")
 
 
+@pytest.mark.slow
+def test_extra_seed_folders_of_one_name_are_one_variants_seeds(sweep, tmp_path):
+    """Folders laid out as a sweep's, <variant>/seed<k>/..., are named after the variant; different seeds of one name
+    are its replicates, the same seed again gets a suffix, as does a sweep variant's name."""
+    folders = []
+    for seed, place in ((0, "scratch_copy/seed0"), (1, "scratch_copy/seed1"), (0, "again/scratch_copy/seed0")):
+        folder = tmp_path / place / "finetune"
+        shutil.copytree(sweep / "runs" / "scratch" / "finetune", folder)
+        shutil.copytree(sweep / "runs" / "scratch" / "evaluate", folder / "evaluation")
+        info = json.loads((folder / "run.json").read_text())
+        (folder / "run.json").write_text(json.dumps(info | {"seed": seed}))
+        folders.append(folder)  # a finetune run with evaluation/ inside: its run.json gives the seed
+    variants = collect.collect_variants(sweep, [*folders, sweep / "runs" / "p4" / "evaluate"])
+    extras = [(v.name, v.seed) for v in variants if v.source == "extra"]
+    assert extras == [("scratch_copy", 0), ("scratch_copy", 1), ("scratch_copy-2", 0), ("p4-2", 0)]
+
+
 def test_report_command_on_a_sweep_that_has_not_run_yet(tmp_path, capsys):
     """``mixmask report`` end to end without training: the planned variant is listed with its pending stages."""
     store = ResultsStore(tmp_path / "results.sqlite")

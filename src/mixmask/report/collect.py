@@ -10,6 +10,7 @@ the run uses (``mixmask.models.factory``), so a label is decided in one place.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +123,11 @@ def _extra_run(stage: str, run_dir: Path, data: dict | None) -> StageRun:
     return StageRun(stage, status, run_dir, error=damaged, results=results, info=_info(run_dir))
 
 
-def extra_variant(folder: Path, taken: set[str]) -> Variant:
+def extra_variant(folder: Path) -> Variant:
     """A variant from an evaluated run folder given on the command line: a finetune run with ``evaluation/``, or
-    an evaluate output folder. It is named after its folder (the parent's name for a folder named evaluation or
-    evaluate), with a suffix when that name is taken."""
+    an evaluate output folder. It is named after its folder, or the first folder above it not named after a stage
+    (pretrain, finetune, evaluate, evaluation) or a seed (seed<k>): a sweep's ``runs/<variant>/seed<k>/<stage>`` is
+    ``<variant>``; its seed is its runs' ``train.seed``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"run folder not found: {folder}")
@@ -152,11 +154,12 @@ def extra_variant(folder: Path, taken: set[str]) -> Variant:
     if evaluated is not None and evaluated != pretrain_dir:
         runs["finetune"] = _extra_run("finetune", evaluated, _read_json(evaluated / "results.json"))
     runs["evaluate"] = _extra_run("evaluate", evaluate_dir, evaluate)
-    name = folder.name if folder.name not in ("evaluation", "evaluate") else folder.resolve().parent.name
-    base, k = name, 2
-    while name in taken:
-        name, k = f"{base}-{k}", k + 1
+    named = folder.resolve()
+    layout = ("pretrain", "finetune", "evaluate", "evaluation")
+    while named.parent != named and (named.name in layout or re.fullmatch(r"seed\d+", named.name)):
+        named = named.parent
     seed = next((run.info.seed for run in runs.values() if run.info is not None), None)
+    name = named.name
     return Variant(name, f"extra run: {folder}", "extra", method_of(runs, {}), runs, seed=seed)
 
 
@@ -173,7 +176,9 @@ def read_meta(sweep_dir: str | Path) -> dict[str, Any]:
 
 
 def collect_variants(sweep_dir: str | Path, extra_runs: tuple | list = ()) -> list[Variant]:
-    """Every variant of the sweep in sweep order (one record per replicate seed), then one per extra run folder.
+    """Every variant of the sweep in sweep order (one record per replicate seed), then one per extra run folder
+    (named as ``extra_variant`` says; a suffix -2, -3 ... when a sweep variant has the name, or an extra run of the
+    same seed).
     Raises FileNotFoundError when the folder has no results store and no extra runs are given."""
     sweep_dir = Path(sweep_dir)
     store_path = sweep_dir / "results.sqlite"
@@ -201,6 +206,12 @@ def collect_variants(sweep_dir: str | Path, extra_runs: tuple | list = ()) -> li
                     variants.append(Variant(v["name"], description, "sweep", method, runs, planned, seed))
         finally:
             store.close()
-    for folder in extra_runs:
-        variants.append(extra_variant(Path(folder), {v.name for v in variants}))
+    sweep_names = {v.name for v in variants}
+    for folder in extra_runs:  # folders of one name and different seeds are one variant's seeds
+        extra = extra_variant(Path(folder))
+        taken = sweep_names | {v.name for v in variants if v.source == "extra" and v.seed == extra.seed}
+        base, k = extra.name, 2
+        while extra.name in taken:
+            extra.name, k = f"{base}-{k}", k + 1
+        variants.append(extra)
     return variants
