@@ -50,6 +50,10 @@ def test_resized_copies_keep_names_shrink_the_shorter_side_and_copy_the_rest(tre
     assert (again["written"], again["kept"]) == (1, 3)
     with pytest.raises(DataError, match="resized with .*'shorter_side': 128.*choose another --out"):
         resize_tree(tree, out, 160, quality=90, workers=1, progress=False)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(DataError, match="--quality 1..100, got 128, 0"):  # refused before the folder is marked
+        resize_tree(tree, fresh, 128, quality=0, workers=1, progress=False)
+    assert resize_tree(tree, fresh, 128, quality=90, workers=1, progress=False)["written"] == summary["written"]
     with pytest.raises(DataError, match="lies in --src"):
         resize_tree(tree, tree / "inside", 128)
 

@@ -55,7 +55,10 @@ def resize_file(job: tuple[str, str, int, int]) -> str:
 
 
 def check_marker(out: Path, size: int, quality: int) -> None:
-    """Refuse an output folder resized with other settings; record these settings in a new one."""
+    """Refuse settings out of range, and an output folder resized with other settings; record these settings in a
+    new one."""
+    if size < 1 or not 1 <= quality <= 100:
+        raise DataError(f"--resize must be a positive number of pixels and --quality 1..100, got {size}, {quality}")
     marker = out / MARKER
     wanted = {"shorter_side": size, "quality": quality}
     if marker.exists():
@@ -74,9 +77,8 @@ def write_resized(
     pairs: Iterable[tuple[str, str]], size: int, quality: int = QUALITY, workers: int | None = None, progress=True
 ) -> dict[str, object]:
     """Resized copies of ``(source, destination)`` pairs, on ``workers`` processes (default: every core); files
-    already written are kept. Returns counts and the unreadable sources."""
-    if size < 1 or not 1 <= quality <= 100:
-        raise DataError(f"--resize must be a positive number of pixels and --quality 1..100, got {size}, {quality}")
+    already written are kept (the settings were checked by ``check_marker``). Returns counts and the unreadable
+    sources."""
     pairs = list(pairs)
     todo = [(s, d, size, quality) for s, d in pairs if not os.path.exists(d)]
     for folder in {os.path.dirname(d) for _, d, _, _ in todo}:

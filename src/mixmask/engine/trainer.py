@@ -195,10 +195,11 @@ class MetricsLog:
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for the next step instead of returning it to the system. By default it
     hands large freed blocks and the heap's free top back, and the next step faults every page in again, zeroed: a
-    resnet_tiny step at 64 px on the CPU took some 22,000 page faults and about a quarter of its time (``benchmarks/
-    pretrain_step.py --faults``). Blocks up to 32 MiB (glibc's largest mmap threshold) then come from the heap, and up
-    to 1 GiB of freed heap stays with the process. Process-wide and harmless elsewhere: off glibc, or with jemalloc or
-    tcmalloc preloaded, nothing changes. Returns whether glibc took the settings."""
+    resnet_tiny step at 64 px on the CPU took some 22,000 page faults and about a quarter of its time
+    (``benchmarks/pretrain_step.py`` reports the faults per step; ``--default-malloc`` runs without this). Blocks
+    up to 32 MiB (glibc's largest mmap threshold) then come from the heap, and up to 1 GiB of freed heap stays with
+    the process. Process-wide and harmless elsewhere: off glibc, or with jemalloc or tcmalloc preloaded, nothing
+    changes. Returns whether glibc took the settings."""
     if not sys.platform.startswith("linux"):
         return False
     try:

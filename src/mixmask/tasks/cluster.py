@@ -173,11 +173,7 @@ def make_executor(kind: str, folder: Path, resources: Resources, tasks_per_node:
     import submitit
 
     executor = submitit.AutoExecutor(folder=folder, cluster=kind, slurm_max_num_timeout=resources.max_requeues)
-    slurm = {
-        f"slurm_{key}": getattr(resources, key)
-        for key in ("partition", "account", "qos", "constraint")
-        if getattr(resources, key) is not None
-    }
+    slurm = {f"slurm_{key}": getattr(resources, key) for key in TEXT_KEYS if getattr(resources, key) is not None}
     executor.update_parameters(
         name=name,
         nodes=resources.nodes,
